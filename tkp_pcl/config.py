@@ -1,0 +1,164 @@
+"""Typed configuration of the method: one model, four named configurations.
+
+ViT-PCM, "TK only", "PCL only" and TKP-PCL differ only in these values:
+
+============  ===============  ==================
+variant       ``pooling.kind``  ``loss.pce_weight``
+============  ===============  ==================
+vit-pcm       ``max``          0
+tkp           ``topk``         0
+pcl           ``max``          > 0
+tkp-pcl       ``topk``         > 0
+============  ===============  ==================
+
+Every model forbids unknown keys, so a typo in a study file is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """The patch classifier: a timm ViT, optional HV-BiLSTM, a linear classifier, a projection.
+
+    ``depth``, ``embed_dim``, ``num_heads`` and ``patch_size`` override the timm model's own
+    values (for small CPU models trained from scratch); ``None`` keeps timm's.
+    """
+
+    backbone: str = "vit_tiny_patch16_224"
+    pretrained: bool = False
+    img_size: int = Field(64, ge=16, le=1024)
+    patch_size: int | None = Field(8, ge=2, le=64)
+    depth: int | None = Field(4, ge=1, le=48)
+    embed_dim: int | None = Field(128, ge=16, le=2048)
+    num_heads: int | None = Field(4, ge=1, le=32)
+    hv_bilstm: bool = False
+    lstm_hidden: int = Field(64, ge=4)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    proj_dim: int = Field(64, ge=4, le=1024)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.embed_dim is not None and self.num_heads is not None:
+            if self.embed_dim % self.num_heads:
+                raise ValueError(
+                    f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
+                )
+        if self.patch_size is not None and self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})"
+            )
+        return self
+
+
+class PoolingConfig(_Strict):
+    """Patch scores -> image scores. ``k`` (a fixed count) wins over ``k_ratio`` when set."""
+
+    kind: Literal["max", "topk", "mean", "lse"] = "topk"
+    k_ratio: float = Field(0.1, gt=0, le=1)
+    k: int | None = Field(None, ge=1)
+    lse_r: float = Field(5.0, gt=0)
+
+
+class LossConfig(_Strict):
+    """Weights and forms of the three terms: image BCE, flip equivariance, PCE."""
+
+    cls_weight: float = Field(1.0, ge=0)
+    eq_weight: float = Field(1.0, ge=0)
+    pce_weight: float = Field(0.1, ge=0)
+    pce_form: Literal["infonce", "margin"] = "infonce"
+    pce_temperature: float = Field(0.1, gt=0)
+    pce_margin: float = Field(0.3, ge=-1, le=1)
+    pce_max_patches: int = Field(1024, ge=2)
+    pce_warmup_epochs: int = Field(1, ge=0)
+
+
+class TrainConfig(_Strict):
+    """Stage-1 optimisation. ``seed`` fixes weights, sampling order and augmentation."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    amp: bool = False
+    device: str = "auto"
+    seed: int = 0
+    monitor_images: int = Field(64, ge=0)
+    num_threads: int | None = Field(None, ge=1)
+
+
+class CRFConfig(_Strict):
+    """Dense CRF (Kraehenbuehl & Koltun) as in ViT-PCM; ``sxy`` in pixels of the full image."""
+
+    enabled: bool = True
+    gaussian_sxy: float = Field(1.0, gt=0)
+    gaussian_compat: float = Field(3.0, ge=0)
+    bilateral_sxy: float = Field(67.0, gt=0)
+    bilateral_srgb: float = Field(3.0, gt=0)
+    bilateral_compat: float = Field(4.0, ge=0)
+    iterations: int = Field(10, ge=1)
+
+
+class PseudoConfig(_Strict):
+    """Patch maps -> pseudo labels. ``input_size`` None predicts at the training size."""
+
+    input_size: int | None = Field(None, ge=16)
+    crf: CRFConfig = Field(default_factory=CRFConfig)
+    workers: int = Field(2, ge=1)
+
+
+class MethodConfig(_Strict):
+    """Everything stage 1 and pseudo-label generation need, except the data."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pooling: PoolingConfig = Field(default_factory=PoolingConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
+
+
+class SyntheticDataConfig(_Strict):
+    """The procedural scenes of :mod:`tkp_pcl.data.synthetic`."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    seed: int = 0
+    n_train: int = Field(512, ge=1)
+    n_val: int = Field(128, ge=1)
+    size: int = Field(64, ge=16, le=1024)
+    max_objects: int = Field(3, ge=1, le=10)
+    min_size: float = Field(12.0, gt=2)
+    max_size: float = Field(44.0, gt=2)
+    noise: float = Field(8.0, ge=0)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "SyntheticDataConfig":
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) must be <= max_size ({self.max_size})")
+        return self
+
+
+class VOCDataConfig(_Strict):
+    """PASCAL VOC 2012 layout under ``root``: stage 1 trains on ``train_split``, pseudo labels
+    are made and scored on ``pseudo_split``, segmentation is scored on ``val_split``."""
+
+    kind: Literal["voc"] = "voc"
+    root: str
+    train_split: str = "train_aug"
+    pseudo_split: str = "train"
+    val_split: str = "val"
+    mask_dir: Literal["auto", "SegmentationClass", "SegmentationClassAug"] = "auto"
+    max_images: int | None = Field(None, ge=1)
+    loader_workers: int = Field(4, ge=0)
+
+
+DataConfig = Annotated[Union[SyntheticDataConfig, VOCDataConfig], Field(discriminator="kind")]

@@ -1,0 +1,71 @@
+"""A split of a segmentation data set: images, masks and the image labels derived from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class Split:
+    """Indexable images (H, W, 3) uint8 and masks (H, W) uint8 (255 = ignore).
+
+    Image-level labels come from the masks: ``labels(i)`` is a bool (C,) vector, C including
+    the background (class 0), which is always set, as in ViT-PCM.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    ids: list[str]
+    load_image: Callable[[int], np.ndarray]
+    load_mask: Callable[[int], np.ndarray]
+    _labels: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def in_memory(
+        cls, name: str, class_names: Sequence[str], ids: list[str], images: np.ndarray, masks: np.ndarray
+    ) -> "Split":
+        return cls(name, tuple(class_names), ids, images.__getitem__, masks.__getitem__)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def labels(self, i: int) -> np.ndarray:
+        return self.all_labels()[i]
+
+    def all_labels(self) -> np.ndarray:
+        """(len, C) bool image labels, computed once from the masks."""
+        if self._labels is None:
+            out = np.zeros((len(self), self.num_classes), bool)
+            for i in range(len(self)):
+                present = np.unique(self.load_mask(i))
+                present = present[present != IGNORE_INDEX]
+                if present.size and present.max() >= self.num_classes:
+                    raise ValueError(
+                        f"{self.name}: mask of {self.ids[i]!r} has class {present.max()} "
+                        f"but the data set has {self.num_classes} classes"
+                    )
+                out[i, present] = True
+            out[:, 0] = True
+            self._labels = out
+        return self._labels
+
+    def subset(self, indices: Sequence[int]) -> "Split":
+        idx = list(indices)
+        labels = None if self._labels is None else self._labels[idx]
+        return Split(
+            self.name,
+            self.class_names,
+            [self.ids[i] for i in idx],
+            lambda j: self.load_image(idx[j]),
+            lambda j: self.load_mask(idx[j]),
+            labels,
+        )

@@ -1,0 +1,118 @@
+"""The patch classifier: timm ViT patch tokens -> (optional HV-BiLSTM) -> per-patch softmax."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+
+@dataclass
+class PatchOutput:
+    """What one forward pass gives.
+
+    ``probs`` (B, N, C) softmax over classes per patch (background is class 0);
+    ``embeddings`` (B, N, d) L2-normalised projections for PCE; ``grid`` the (h, w) patch grid,
+    N = h * w.
+    """
+
+    probs: Tensor
+    embeddings: Tensor
+    grid: tuple[int, int]
+
+
+class HVBiLSTM(nn.Module):
+    """ViT-PCM's patch conditioning: a BiLSTM along rows and one along columns, concatenated.
+
+    (B, h, w, D) -> (B, h, w, D); when 4 * hidden != D a linear layer maps back to D.
+    """
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.rows = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.cols = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Identity() if 4 * hidden == dim else nn.Linear(4 * hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, h, w, d = x.shape
+        rows, _ = self.rows(x.reshape(b * h, w, d))
+        cols, _ = self.cols(x.transpose(1, 2).reshape(b * w, h, d))
+        rows = rows.reshape(b, h, w, -1)
+        cols = cols.reshape(b, w, h, -1).transpose(1, 2)
+        return self.out(torch.cat([rows, cols], dim=-1))
+
+
+def create_backbone(cfg: ModelConfig) -> nn.Module:
+    """A timm ViT without its head; ``None`` fields keep the timm model's own values."""
+    overrides = {
+        k: v
+        for k, v in dict(
+            patch_size=cfg.patch_size,
+            depth=cfg.depth,
+            embed_dim=cfg.embed_dim,
+            num_heads=cfg.num_heads,
+        ).items()
+        if v is not None
+    }
+    try:
+        return timm.create_model(
+            cfg.backbone,
+            pretrained=cfg.pretrained,
+            num_classes=0,
+            img_size=cfg.img_size,
+            **overrides,
+        )
+    except RuntimeError as e:
+        if cfg.pretrained and ("Hub" in str(e) or "download" in str(e).lower()):
+            raise RuntimeError(
+                f"pretrained weights for {cfg.backbone!r} could not be loaded ({e}); put them in "
+                "the Hugging Face cache (HF_HOME) or set model.pretrained: false"
+            ) from e
+        raise
+
+
+class PatchClassifier(nn.Module):
+    """One model for ViT-PCM, TK only, PCL only and TKP-PCL (the difference is in the losses)."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.backbone = create_backbone(cfg)
+        if not hasattr(self.backbone, "patch_embed"):
+            raise ValueError(f"backbone {cfg.backbone!r} is not a timm ViT (no patch_embed)")
+        dim = self.backbone.num_features
+        self.grid: tuple[int, int] = tuple(self.backbone.patch_embed.grid_size)
+        self.num_prefix = getattr(self.backbone, "num_prefix_tokens", 1)
+        self.condition = HVBiLSTM(dim, cfg.lstm_hidden) if cfg.hv_bilstm else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(dim, num_classes, bias=False)
+        self.projection = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, cfg.proj_dim)
+        )
+        pc = self.backbone.pretrained_cfg or {}
+        self.register_buffer("mean", torch.tensor(pc.get("mean", (0.5,) * 3)).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(pc.get("std", (0.5,) * 3)).view(1, 3, 1, 1))
+
+    def patch_features(self, images: Tensor) -> Tensor:
+        """uint8 or [0, 1] float images (B, 3, H, W) -> patch tokens (B, N, D)."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        x = (x - self.mean) / self.std
+        tokens = self.backbone.forward_features(x)
+        return tokens[:, self.num_prefix :]
+
+    def forward(self, images: Tensor) -> PatchOutput:
+        feats = self.patch_features(images)
+        b, n, d = feats.shape
+        h, w = self.grid
+        if n != h * w:
+            raise ValueError(f"got {n} patches, expected {h}x{w}; images must be {self.cfg.img_size} px")
+        feats = self.condition(feats.reshape(b, h, w, d)).reshape(b, n, d)
+        logits = self.classifier(self.dropout(feats))
+        emb = F.normalize(self.projection(feats), dim=-1)
+        return PatchOutput(probs=logits.float().softmax(-1), embeddings=emb, grid=(h, w))

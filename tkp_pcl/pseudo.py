@@ -1,0 +1,154 @@
+"""Pseudo labels from patch class maps, optionally refined by a dense CRF, and their mIoU."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .config import PseudoConfig
+from .crf import crf_refine
+from .data.split import Split
+from .maps import normalise_class_maps, to_grid
+from .metrics import confusion_matrix
+from .model import PatchClassifier
+from .palette import save_label_png
+
+
+def resize_image(image: np.ndarray, size: int) -> Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) uint8 tensor (bilinear; identity at the same size)."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if t.shape[1:] == (size, size):
+        return t
+    x = F.interpolate(t[None].float(), size=(size, size), mode="bilinear", align_corners=False)
+    return x[0].round().clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def predict_class_maps(model: PatchClassifier, images: Tensor, labels: Tensor) -> Tensor:
+    """Label-restricted, normalised patch class maps.
+
+    ``images`` (B, 3, S, S) uint8 on the model's device; ``labels`` (B, C) bool with the
+    background set. Returns (B, C, h, w): absent classes zero, each present class max-normalised,
+    renormalised over classes (ViT-PCM).
+    """
+    out = model(images)
+    return to_grid(normalise_class_maps(out.probs, labels.to(out.probs)), out.grid)
+
+
+def maps_to_labels(maps: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """(C, h, w) class maps -> bilinear upsampled probabilities (C, H, W) and argmax (H, W)."""
+    up = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+    return up, up.argmax(0)
+
+
+def _crf_job(image: np.ndarray, probs: np.ndarray, classes: np.ndarray, params) -> np.ndarray:
+    return crf_refine(image, probs, classes, params)
+
+
+@dataclass
+class PseudoResult:
+    """Confusion matrices of the pseudo labels against the masks (C, C), without and with CRF,
+    and up to ``keep`` examples (image, mask, pseudo, pseudo_crf) for overlays."""
+
+    conf: np.ndarray
+    conf_crf: np.ndarray | None
+    seconds: float
+    n_images: int
+    examples: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+def make_pseudo_labels(
+    model: PatchClassifier,
+    split: Split,
+    cfg: PseudoConfig,
+    device: torch.device | str = "cpu",
+    out_dir: str | Path | None = None,
+    batch_size: int = 32,
+    keep_examples: int = 0,
+    use_crf: bool | None = None,
+    progress: bool = True,
+) -> PseudoResult:
+    """Pseudo labels for every image of ``split``, scored against its masks.
+
+    Images are predicted at ``cfg.input_size`` (default: the model's), maps restricted to the
+    image's labels + background, upsampled to the image's size, argmax. With the CRF on, each
+    image is refined in a pool of ``cfg.workers`` processes while the model predicts the next
+    batch. With ``out_dir``, label maps are written as palette PNGs under ``out_dir/pseudo`` and
+    ``out_dir/pseudo_crf``.
+    """
+    t0 = time.perf_counter()
+    use_crf = cfg.crf.enabled if use_crf is None else use_crf
+    size = cfg.input_size or model.cfg.img_size
+    if size != model.cfg.img_size:
+        raise ValueError(
+            f"pseudo.input_size ({size}) must equal model.img_size ({model.cfg.img_size}) for this backbone"
+        )
+    c = split.num_classes
+    conf = np.zeros((c, c), np.int64)
+    conf_crf = np.zeros((c, c), np.int64) if use_crf else None
+    dirs = {}
+    if out_dir is not None:
+        for name in ("pseudo", "pseudo_crf") if use_crf else ("pseudo",):
+            dirs[name] = Path(out_dir) / name
+            dirs[name].mkdir(parents=True, exist_ok=True)
+    examples: list[dict[str, np.ndarray]] = []
+    all_labels = split.all_labels()
+    model.eval()
+    pool = None
+    if use_crf and cfg.workers > 1:
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx)
+    pending: deque[tuple[int, np.ndarray, Future | np.ndarray]] = deque()
+    bar = tqdm(total=len(split), desc=f"pseudo labels {split.name}", disable=not progress, leave=False)
+
+    def finish(i: int, mask: np.ndarray, job) -> None:
+        refined = job.result() if isinstance(job, Future) else job
+        conf_crf[:] += confusion_matrix(refined, mask, c)
+        if "pseudo_crf" in dirs:
+            save_label_png(refined, dirs["pseudo_crf"] / f"{split.ids[i]}.png")
+        if i < keep_examples:
+            examples[i]["pseudo_crf"] = refined
+        bar.update(1)
+
+    try:
+        for start in range(0, len(split), batch_size):
+            idx = range(start, min(start + batch_size, len(split)))
+            imgs = [split.load_image(i) for i in idx]
+            batch = torch.stack([resize_image(im, size) for im in imgs]).to(device)
+            labels = torch.from_numpy(all_labels[list(idx)]).to(device)
+            maps = predict_class_maps(model, batch, labels).float().cpu()
+            for j, i in enumerate(idx):
+                mask = split.load_mask(i)
+                probs, pred = maps_to_labels(maps[j], mask.shape)
+                pred = pred.numpy().astype(np.uint8)
+                conf += confusion_matrix(pred, mask, c)
+                if "pseudo" in dirs:
+                    save_label_png(pred, dirs["pseudo"] / f"{split.ids[i]}.png")
+                if i < keep_examples:
+                    examples.append({"image": imgs[j], "mask": mask, "pseudo": pred})
+                if not use_crf:
+                    bar.update(1)
+                    continue
+                classes = np.flatnonzero(all_labels[i])
+                args = (imgs[j], probs.numpy()[classes], classes, cfg.crf)
+                job = pool.submit(_crf_job, *args) if pool else _crf_job(*args)
+                pending.append((i, mask, job))
+                while len(pending) > 4 * cfg.workers:
+                    finish(*pending.popleft())
+        while pending:
+            finish(*pending.popleft())
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return PseudoResult(conf, conf_crf, time.perf_counter() - t0, len(split), examples)
