@@ -13,9 +13,12 @@ def image_loss(image_scores: Tensor, labels: Tensor, eps: float = 1e-6) -> Tenso
     """Multi-label BCE between pooled probabilities (B, C) in [0, 1] and multi-hot labels (B, C).
 
     The background channel is part of the label (present in every image), as in ViT-PCM.
+    Written out rather than ``F.binary_cross_entropy`` so that a NaN score yields a NaN loss
+    (caught by the training loop) instead of an input-range error.
     """
     p = image_scores.float().clamp(eps, 1 - eps)
-    return F.binary_cross_entropy(p, labels.float())
+    y = labels.float()
+    return -(y * p.log() + (1 - y) * (1 - p).log()).mean()
 
 
 def equivariance_loss(

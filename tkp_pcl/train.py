@@ -126,7 +126,7 @@ def train_stage1(
     gen = seed_everything(tc.seed)
     model = (model or PatchClassifier(cfg.model, splits.train.num_classes)).to(device)
     data = ImageLabelDataset(splits.train, cfg.model.img_size)
-    workers = getattr(splits.train, "loader_workers", 0)
+    workers = splits.loader_workers
     loader = DataLoader(
         data, batch_size=tc.batch_size, shuffle=True, drop_last=len(data) >= tc.batch_size,
         generator=gen, num_workers=workers, pin_memory=device.type == "cuda",

@@ -21,6 +21,7 @@ class Splits:
     train: Split
     pseudo: Split
     val: Split
+    loader_workers: int = 0
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -41,4 +42,5 @@ def load_splits(cfg: SyntheticDataConfig | VOCDataConfig) -> Splits:
         train=voc_split(cfg.root, cfg.train_split, **kw),
         pseudo=voc_split(cfg.root, cfg.pseudo_split, **kw),
         val=voc_split(cfg.root, cfg.val_split, **kw),
+        loader_workers=cfg.loader_workers,
     )

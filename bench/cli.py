@@ -1,0 +1,224 @@
+"""``bench``: run, join, list and browse studies.
+
+Exit codes: 0 done; 1 some trials failed (run again to retry them); 2 bad input (study file,
+data, storage), with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections import Counter
+
+EXIT_FAILED_TRIALS = 1
+EXIT_BAD_INPUT = 2
+
+
+def _err(msg: str) -> int:
+    print(f"bench: error: {msg}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="WSSS benchmark harness: TKP-PCL vs ViT-PCM and ablations")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("study", help="study file (studies/*.yaml)")
+        sp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the study's, or sqlite:///mlflow.db)")
+        sp.add_argument("--storage", help="Optuna storage: journal:PATH, sqlite:///PATH, postgresql://... (default: journal:.bench/optuna.journal)")
+        sp.add_argument("--threads", type=int, help="torch CPU threads for this process")
+
+    run = sub.add_parser("run", help="run (or resume) a study")
+    common(run)
+    run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    run.add_argument("--dry-run", action="store_true", help="print the trials and exit; writes nothing")
+    worker = sub.add_parser("worker", help="join a study another `bench run` started (any machine)")
+    common(worker)
+    worker.add_argument("--quiet", action="store_true", help="no progress display")
+    ls = sub.add_parser("ls", help="studies in a storage and their progress per variant")
+    ls.add_argument("--storage", help="Optuna storage (default: journal:.bench/optuna.journal)")
+    ui = sub.add_parser("ui", help="start the MLflow UI on the tracking store (127.0.0.1)")
+    ui.add_argument("study", nargs="?", help="study file whose tracking URI to use")
+    ui.add_argument("--tracking-uri")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    return p
+
+
+def _load(args):
+    from .storage import resolve_storage_url
+    from .study import load_study
+    from .tracking import resolve_tracking_uri
+
+    study = load_study(args.study)
+    return (study, resolve_storage_url(args.storage, study.tracking.optuna_storage),
+            resolve_tracking_uri(args.tracking_uri, study.tracking.mlflow_uri))  # fmt: skip
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from . import runner
+
+    study, storage_url, tracking_uri = _load(args)
+    if args.workers < 1:
+        return _err("--workers must be >= 1")
+    console = Console(stderr=True)
+    if args.dry_run:
+        return dry_run(study, storage_url)
+    from tkp_pcl.data import load_splits
+
+    load_splits(study.data)  # a missing data set is an error before anything is written
+    h = runner.open_study(study, storage_url, tracking_uri, create=True)
+    h.tracker.ensure_experiment()
+    h.tracker.parent_run()
+    info = runner.prepare(h)
+    n_jobs = h.total
+    console.print(
+        f"study [bold]{study.name}[/]: {n_jobs} trials ({len(h.trials(states=runner.DONE_STATES))} done, "
+        f"{info['queued']} queued, {info['dead']} found dead); MLflow {tracking_uri}; Optuna {storage_url}"
+    )
+    if args.workers == 1:
+        runner.run_in_process(h)
+    else:
+        runner.run_workers(h, args.study, tracking_uri, args.workers)
+    if h.trials(states=(runner.TrialState.RUNNING,)):
+        console.print("waiting for the trials other workers are running ...")
+        runner.wait_for_others(h)
+    return _summary(h, console)
+
+
+def _summary(h, console) -> int:
+    from rich.table import Table
+
+    from . import runner
+
+    complete = runner.finish_parent(h)
+    table = Table(title=f"study {h.study.name}")
+    per: dict[str, Counter] = {}
+    for t in h.trials():
+        per.setdefault(t.user_attrs.get("variant", "?"), Counter())[t.state.name] += 1
+    states = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+    table.add_column("variant")
+    for s in states:
+        table.add_column(s.lower(), justify="right")
+    for v, c in per.items():
+        table.add_row(v, *(str(c.get(s, 0)) for s in states))
+    console.print(table)
+    failed = [t for t in h.trials(states=(runner.TrialState.FAIL,))]
+    if not complete:
+        missing = h.total - len(h.trials(states=runner.DONE_STATES))
+        errors = {t.user_attrs.get("error", "died") for t in failed}
+        console.print(f"[red]{missing} trial(s) not done[/] (errors: {'; '.join(sorted(errors))[:300]}); "
+                      "run the same command again to retry them")  # fmt: skip
+        return EXIT_FAILED_TRIALS
+    console.print(f"[green]all {h.total} trials done[/]; browse them with: bench ui")
+    return 0
+
+
+def dry_run(study, storage_url: str) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .study import study_jobs
+
+    jobs = study_jobs(study)
+    table = Table(title=f"{study.name}: {len(jobs) or study.search.n_trials} trials (dry run)")
+    if jobs:
+        for col in ("#", "job", "variant", "seed", "pooling", "pce_weight", "epochs"):
+            table.add_column(col)
+        for i, j in enumerate(jobs):
+            c = j.config
+            pool = c.pooling.kind + (f" k_ratio={c.pooling.k_ratio}" if c.pooling.kind == "topk" else "")
+            table.add_row(str(i), j.key, j.variant, str(j.seed), pool, str(c.loss.pce_weight), str(c.train.epochs))
+    else:
+        s = study.search
+        table.add_column("search")
+        table.add_column("value")
+        for k, v in [("variant", s.variant or next(iter(study.variants))), ("sampler", s.sampler),
+                     ("pruner", s.pruner), ("objective", f"{s.direction} {s.metric}"), ("n_trials", s.n_trials),
+                     *((f"space.{p}", spec.model_dump()) for p, spec in s.space.items())]:  # fmt: skip
+            table.add_row(k, str(v))
+    Console().print(table)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from . import runner
+
+    study, storage_url, tracking_uri = _load(args)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        h = runner.open_study(study, storage_url, tracking_uri, create=False)
+    except KeyError:
+        return _err(f"study {study.name!r} does not exist in {storage_url}; start it with `bench run` first")
+    done = runner.run_in_process(h, show=not args.quiet) if not args.quiet else runner.work(h)
+    return EXIT_FAILED_TRIALS if done.get("FAIL") else 0
+
+
+def cmd_ls(args) -> int:
+    import optuna
+    from rich.console import Console
+    from rich.table import Table
+
+    from .storage import open_storage, resolve_storage_url, storage_exists
+
+    url = resolve_storage_url(args.storage, None)
+    if not storage_exists(url):
+        return _err(f"no study storage at {url} (run `bench run STUDY` here first, or pass --storage)")
+    storage = open_storage(url)
+    table = Table(title=f"studies in {url}")
+    for col in ("study", "variant", "complete", "pruned", "fail", "running", "waiting", "best"):
+        table.add_column(col)
+    for name in optuna.get_all_study_names(storage):
+        st = optuna.load_study(study_name=name, storage=storage)
+        per: dict[str, Counter] = {}
+        best: dict[str, float] = {}
+        for t in st.get_trials(deepcopy=False):
+            v = t.user_attrs.get("variant", "?")
+            per.setdefault(v, Counter())[t.state.name] += 1
+            if t.state.name == "COMPLETE" and t.value is not None:
+                best[v] = max(best.get(v, float("-inf")), t.value)
+        for v, c in sorted(per.items()):
+            table.add_row(name, v, *(str(c.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
+                          f"{best[v]:.4f}" if v in best else "")  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from .study import load_study
+    from .tracking import resolve_tracking_uri
+
+    study_uri = load_study(args.study).tracking.mlflow_uri if args.study else None
+    uri = resolve_tracking_uri(args.tracking_uri, study_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", file=sys.stderr)
+    os.execv(sys.executable, cmd)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from tkp_pcl.data import DataError
+
+    from .study import StudyError
+
+    try:
+        return {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui}[args.command](args)
+    except (StudyError, DataError) as e:
+        return _err(str(e))
+    except KeyboardInterrupt:
+        print("bench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

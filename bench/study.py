@@ -1,0 +1,298 @@
+"""Study files: schema, validation with YAML-path errors, and the list of jobs they define.
+
+A job is one (variant x grid point x seed); its configuration is ``base`` deep-merged with the
+variant's overrides and the grid point (dotted paths such as ``pooling.k_ratio``), validated as
+a :class:`tkp_pcl.config.MethodConfig`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from tkp_pcl.config import DataConfig, MethodConfig
+
+
+DATA_KINDS = ("synthetic", "voc")
+
+
+class StudyError(ValueError):
+    """A study file is unreadable or invalid; the message is one line naming the YAML path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FloatParam(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self) -> "FloatParam":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log: true needs low > 0")
+        return self
+
+
+class IntParam(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self) -> "IntParam":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        return self
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+SearchParam = FloatParam | IntParam | CategoricalParam
+
+
+class SearchConfig(_Strict):
+    """An Optuna search over dotted paths of the method configuration of one variant."""
+
+    variant: str | None = None
+    sampler: Literal["tpe", "random", "cmaes"] = "tpe"
+    n_trials: int = Field(20, ge=1)
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner_warmup_epochs: int = Field(1, ge=0)
+    metric: str = "pseudo_miou"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    seed: int = 0
+    space: dict[str, SearchParam] = Field(min_length=1)
+
+
+class TrackingConfig(_Strict):
+    """Where results go. Empty means the embedded defaults in the working directory."""
+
+    mlflow_uri: str | None = None
+    optuna_storage: str | None = None
+
+
+class Study(_Strict):
+    name: str
+    description: str = ""
+    data: DataConfig
+    base: dict[str, Any] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    search: SearchConfig | None = None
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+            raise ValueError("must be letters, digits, '_', '-' or '.' (a file and experiment name)")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"variant name {name!r} must be letters, digits, '_', '-' or '.'")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must be unique")
+        return v
+
+
+@dataclass(frozen=True)
+class Job:
+    """One trial to run: a variant, a grid point and a seed, with its resolved configuration."""
+
+    key: str
+    variant: str
+    seed: int
+    grid_point: tuple[tuple[str, Any], ...]
+    config: MethodConfig
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+
+def config_hash(cfg: MethodConfig) -> str:
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``d["a"]["b"] = value`` for ``dotted = "a.b"``, creating levels as needed."""
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        nxt = d.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise StudyError(f"{dotted}: {p!r} is a value, not a section")
+        d = nxt
+    d[leaf] = value
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` (nested and/or dotted keys) into a copy of ``base``."""
+    out = copy.deepcopy(base)
+    for k, v in flatten(overrides).items():
+        set_dotted(out, k, copy.deepcopy(v))
+    return out
+
+
+def _allowed_at(loc: tuple) -> list[str]:
+    """Field names allowed at a location of MethodConfig (for 'unknown key' messages)."""
+    model: Any = MethodConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def format_error(err: dict[str, Any], prefix: str) -> str:
+    """One pydantic error -> ``prefix.loc: message`` (one line)."""
+    loc = tuple(p for p in err["loc"] if not str(p).startswith(("function-after", "tagged-union")))
+    if len(loc) > 1 and loc[0] == "data" and loc[1] in DATA_KINDS:  # the union's tag, not a key
+        loc = (loc[0], *loc[2:])
+    path = ".".join(str(p) for p in (prefix, *loc) if p != "")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_at(loc) if prefix != "" else []
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"{path}: unknown key{hint}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    return f"{path}: {msg}"
+
+
+def validate_method(raw: dict[str, Any], where: str) -> MethodConfig:
+    try:
+        return MethodConfig.model_validate(raw)
+    except ValidationError as e:
+        raise StudyError(format_error(e.errors()[0], where)) from None
+    except StudyError as e:
+        raise StudyError(f"{where}.{e}") from None
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file (``yaml.safe_load`` only). Raises :class:`StudyError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"{path}: study file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise StudyError(f"{path}{where}: invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: a study file must be a mapping of keys (name, data, base, variants, ...)")
+    try:
+        study = Study.model_validate(raw)
+    except ValidationError as e:
+        raise StudyError(f"{path}: {format_error(e.errors()[0], '')}") from None
+    try:
+        study_jobs(study)  # every variant, grid point and search space resolves
+        _check_search(study)
+    except StudyError as e:
+        raise StudyError(f"{path}: {e}") from None
+    return study
+
+
+def parse_data(raw: dict[str, Any]):
+    return TypeAdapter(DataConfig).validate_python(raw)
+
+
+def variant_config(study: Study, variant: str) -> MethodConfig:
+    validate_method(study.base, "base")
+    return validate_method(merge(study.base, study.variants[variant]), f"variants.{variant}")
+
+
+def study_jobs(study: Study) -> list[Job]:
+    """Every (variant x grid point x seed) of a study without a search, in a stable order."""
+    if study.search is not None:
+        return []
+    axes = list(study.grid.items())
+    for k, values in axes:
+        if not values:
+            raise StudyError(f"grid.{k}: needs at least one value")
+    jobs = []
+    for variant in study.variants:
+        base = merge(study.base, study.variants[variant])
+        variant_config(study, variant)
+        for point in itertools.product(*(v for _, v in axes)):
+            gp = tuple(zip((k for k, _ in axes), point))
+            raw = merge(base, dict(gp))
+            cfg = validate_method(raw, "grid" if gp else f"variants.{variant}")
+            for seed in study.seeds:
+                c = cfg.model_copy(deep=True)
+                c.train.seed = seed
+                key = "|".join([variant, *(f"{k}={v}" for k, v in gp), f"seed={seed}"])
+                jobs.append(Job(key, variant, seed, gp, c))
+    return jobs
+
+
+def _check_search(study: Study) -> None:
+    s = study.search
+    if s is None:
+        return
+    variant = s.variant or next(iter(study.variants))
+    if variant not in study.variants:
+        raise StudyError(f"search.variant: {variant!r} is not a variant; variants: {', '.join(study.variants)}")
+    base = merge(study.base, study.variants[variant])
+    for path, spec in s.space.items():
+        probe = spec.choices[0] if isinstance(spec, CategoricalParam) else spec.low
+        validate_method(merge(base, {path: probe}), f"search.space.{path}")
+        if path not in flatten(MethodConfig().model_dump()):
+            raise StudyError(f"search.space.{path}: not a configuration value")
+
+
+def search_variant(study: Study) -> str:
+    assert study.search is not None
+    return study.search.variant or next(iter(study.variants))
+
+
+def job_config_for_search(study: Study, params: dict[str, Any]) -> MethodConfig:
+    """The configuration of a search trial: the searched variant with the sampled values."""
+    variant = search_variant(study)
+    cfg = validate_method(merge(merge(study.base, study.variants[variant]), params), "search")
+    cfg.train.seed = study.search.seed
+    return cfg

@@ -1,0 +1,43 @@
+"""Shared helpers for the harness tests: study files and reading MLflow back."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "studies" / "smoke.yaml"
+
+
+def smoke_dict() -> dict:
+    return yaml.safe_load(SMOKE.read_text())
+
+
+def write_study(path: Path, changes: dict | None = None, **top) -> Path:
+    """The smoke study with dotted-path ``changes`` (e.g. ``{"base.train.epochs": 4}``)."""
+    d = copy.deepcopy(smoke_dict())
+    d.update(top)
+    for dotted, value in (changes or {}).items():
+        node = d
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def child_runs(tracking_uri: str, study: str):
+    """(trial runs, parent runs) of a study; a relative SQLite URI is taken in the cwd."""
+    import mlflow
+
+    from bench.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri, None))
+    try:
+        df = mlflow.search_runs(experiment_names=[study])
+    finally:  # set_tracking_uri exports MLFLOW_TRACKING_URI, which the next `bench` would honour
+        mlflow.set_tracking_uri(None)
+    return df[df["tags.bench.role"] == "trial"], df[df["tags.bench.role"] == "study"]
