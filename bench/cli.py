@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--quiet", action="store_true", help="no progress display")
     ls = sub.add_parser("ls", help="studies in a storage and their progress per variant")
     ls.add_argument("--storage", help="Optuna storage (default: journal:.bench/optuna.journal)")
+    rep = sub.add_parser("report", help="tables, plots and overlays of a study (Markdown, HTML, CSV, LaTeX)")
+    rep.add_argument("study", help="study file, or a study name")
+    rep.add_argument("--tracking-uri", help="MLflow tracking URI (as for run)")
+    rep.add_argument("--storage", help="Optuna storage, for search studies (as for run)")
+    rep.add_argument("--out", help="output folder (default: reports/<study>)")
+    rep.add_argument("--baseline", default="vit-pcm", help="variant the others are compared with (default vit-pcm)")
     ui = sub.add_parser("ui", help="start the MLflow UI on the tracking store (127.0.0.1)")
     ui.add_argument("study", nargs="?", help="study file whose tracking URI to use")
     ui.add_argument("--tracking-uri")
@@ -189,6 +195,40 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from . import report
+    from .storage import open_storage, resolve_storage_url, storage_exists
+    from .study import load_study
+    from .report_data import ReportError
+    from .tracking import resolve_tracking_uri, store_exists
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    study = load_study(args.study) if args.study.endswith((".yaml", ".yml")) or Path(args.study).is_file() else None
+    name = study.name if study else args.study
+    uri = resolve_tracking_uri(args.tracking_uri, study.tracking.mlflow_uri if study else None)
+    if not store_exists(uri):
+        raise ReportError(f"no study {name!r}: no MLflow store at {uri} (run `bench run` here first, or pass --tracking-uri)")
+    ostudy = None
+    if study is None or study.search is not None:
+        url = resolve_storage_url(args.storage, study.tracking.optuna_storage if study else None)
+        if storage_exists(url):
+            import optuna
+
+            try:
+                ostudy = optuna.load_study(study_name=name, storage=open_storage(url))
+            except KeyError:
+                ostudy = None
+            if ostudy is not None and not any("search|" in t.user_attrs.get("job_key", "") for t in ostudy.trials):
+                ostudy = None  # a grid study: no search plots
+    expected = len(study.seeds) if study and study.search is None else None
+    out = Path(args.out) if args.out else Path("reports") / name
+    path = report.build(name, uri, out, expected_seeds=expected, baseline=args.baseline, optuna_study=ostudy)
+    print(f"report written: {path} and {path.with_suffix('.html')} (tables/, plots/ beside them)")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from .study import load_study
     from .tracking import resolve_tracking_uri
@@ -203,17 +243,26 @@ def cmd_ui(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
     from tkp_pcl.data import DataError
 
+    from .report_data import ReportError
     from .study import StudyError
 
     try:
-        return {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui}[args.command](args)
-    except (StudyError, DataError) as e:
+        commands = {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report}
+        return commands[args.command](args)
+    except (StudyError, DataError, ReportError) as e:
         return _err(str(e))
     except KeyboardInterrupt:
         print("bench: interrupted; run the same command again to resume", file=sys.stderr)

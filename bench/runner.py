@@ -49,7 +49,7 @@ def make_pruner(study: Study) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     if s.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=s.pruner_warmup_epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs)
 
 
 @dataclass

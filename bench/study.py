@@ -77,6 +77,7 @@ class SearchConfig(_Strict):
     n_trials: int = Field(20, ge=1)
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_warmup_epochs: int = Field(1, ge=0)
+    pruner_startup_trials: int = Field(3, ge=0)
     metric: str = "pseudo_miou"
     direction: Literal["maximize", "minimize"] = "maximize"
     seed: int = 0

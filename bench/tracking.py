@@ -38,6 +38,13 @@ def resolve_tracking_uri(cli: str | None, study: str | None) -> str:
     return uri
 
 
+def store_exists(uri: str) -> bool:
+    """False for a SQLite store whose file is missing (a read-only command must not create it)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).is_file() or uri.endswith(":memory:")
+    return True
+
+
 @lru_cache(maxsize=1)
 def source_tags() -> dict[str, str]:
     """Git commit of the source checkout, package versions, host."""

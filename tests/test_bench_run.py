@@ -132,3 +132,27 @@ def test_two_workers_run_every_trial_exactly_once(tmp_path):
     assert all("Traceback" not in log for log in logs), logs
     r = bench("ls", cwd=tmp_path)
     assert r.returncode == 0 and "smoke" in r.stdout and "tkp-pcl" in r.stdout
+
+
+def test_search_study_samples_prunes_and_logs_pruned_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    search = {
+        "variant": "tkp-pcl", "sampler": "random", "n_trials": 5, "pruner": "median",
+        "pruner_warmup_epochs": 0, "pruner_startup_trials": 1, "seed": 3,
+        "space": {"train.lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
+                  "pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5}},
+    }  # fmt: skip
+    study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 3}, search=search)
+    assert main(["run", str(study)]) == 0
+    st = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(".bench/optuna.journal")))  # fmt: skip
+    states = [t.state.name for t in st.trials]
+    assert len(states) == 5 and set(states) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states, states
+    children, _ = child_runs(URI, "smoke")
+    for t in st.trials:
+        run = children[children["tags.bench.trial"] == str(t.number)].iloc[0]
+        assert float(run["params.train.lr"]) == pytest.approx(t.params["train.lr"])
+        if t.state.name == "PRUNED":
+            assert run["status"] == "KILLED" and run["tags.bench.state"] == "PRUNED"
+        else:
+            assert run["status"] == "FINISHED" and run["metrics.pseudo_miou"] == pytest.approx(t.value)
