@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tempfile
 import time
 import traceback
@@ -19,7 +20,8 @@ from tkp_pcl.config import MethodConfig
 from tkp_pcl.data import Splits, load_splits
 from tkp_pcl.metrics import miou
 from tkp_pcl.pseudo import make_pseudo_labels
-from tkp_pcl.train import load_checkpoint, train_stage1
+from tkp_pcl.segment import train_segmentation
+from tkp_pcl.train import distributed, load_checkpoint, train_stage1
 
 from .overlay import example_rows, overlay_grid, save_png
 from .storage import worker_identity
@@ -101,6 +103,32 @@ def write_artifacts(
     tracker.client.log_table(run_id, data=table, artifact_file="per_class_iou.json")
 
 
+def job_paths(workdir: Path, key: str) -> tuple[Path, Path]:
+    """A job's stage-1 checkpoint and its pseudo-label folder (kept until the trial ends)."""
+    job_id = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return workdir / "checkpoints" / f"{job_id}.ckpt", workdir / "pseudo" / job_id
+
+
+def run_stage2(ctx: TrialContext, cfg: MethodConfig, run_id: str, label_root: Path) -> dict[str, float]:
+    """Train the segmentation network on the pseudo labels just written; score it on val."""
+    tracker = ctx.tracker
+    crf = cfg.pseudo.crf.enabled and cfg.segment.use_crf_labels
+    seg = train_segmentation(
+        cfg.segment, cfg.model, ctx.splits.pseudo, label_root / ("pseudo_crf" if crf else "pseudo"), ctx.splits.val,
+        seed=cfg.train.seed, device=cfg.train.device, keep_examples=N_EXAMPLES, progress=False,
+        on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
+    )  # fmt: skip
+    mean, per = miou(seg.conf)
+    names = list(ctx.splits.class_names)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        save_png(overlay_grid(example_rows(seg.examples)), d / "seg_overlay.png")
+        pd.DataFrame(seg.conf, index=names, columns=names).to_csv(d / "confusion_matrix_seg.csv")
+        for f in sorted(d.iterdir()):
+            tracker.log_artifact(run_id, f)
+    return {"seg_miou": mean, "seg_seconds": seg.seconds, **{f"seg_iou_{class_key(c)}": v for c, v in zip(names, per)}}
+
+
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> optuna.trial.TrialState:
     """Run a claimed (RUNNING) trial to its end; return its final state. Never raises for a
     failing trial (it is marked FAIL in Optuna and FAILED in MLflow); re-raises interrupts."""
@@ -122,10 +150,12 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> optuna.trial.TrialState
     params = {f"data.{k}": v for k, v in flatten(study.data.model_dump(mode="json")).items()}
     params.update(flatten(cfg.model_dump(mode="json")))
     tags = {"bench.variant": variant, "bench.seed": seed, "bench.trial": trial.number, "bench.job_key": key,
-            "bench.device": cfg.train.device, "bench.optuna_study": study.name}  # fmt: skip
+            "bench.device": cfg.train.device, "bench.optuna_study": study.name,
+            "bench.world_size": distributed()[2]}  # fmt: skip
     run_id = tracker.start_trial(ctx.parent_run_id, key.replace("|", " "), tags, params)
     trial.set_user_attr("mlflow_run_id", run_id)
-    ckpt = ctx.workdir / "checkpoints" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".ckpt")
+    ckpt, label_root = job_paths(ctx.workdir, key)
+    label_root = label_root if cfg.segment.enabled else None
     epochs = cfg.train.epochs
     try:
         if ckpt.is_file():  # a dead worker's progress: log what it had, then go on from there
@@ -152,11 +182,14 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> optuna.trial.TrialState
         result = train_stage1(cfg, ctx.splits, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=False)
         t1 = time.perf_counter()
         pseudo = make_pseudo_labels(
-            result.model, ctx.splits.pseudo, cfg.pseudo, result.device, keep_examples=N_EXAMPLES, progress=False
-        )
+            result.model, ctx.splits.pseudo, cfg.pseudo, result.device, out_dir=label_root,
+            keep_examples=N_EXAMPLES, progress=False,
+        )  # fmt: skip
         metrics, table = final_metrics(pseudo.conf, pseudo.conf_crf, ctx.splits.class_names)
-        metrics.update(train_seconds=t1 - t0, pseudo_seconds=pseudo.seconds,
-                       trial_seconds=time.perf_counter() - t_start)  # fmt: skip
+        metrics.update(train_seconds=t1 - t0, pseudo_seconds=pseudo.seconds)
+        if cfg.segment.enabled:
+            metrics.update(run_stage2(ctx, cfg, run_id, label_root))
+        metrics["trial_seconds"] = time.perf_counter() - t_start
         tracker.log_metrics(run_id, metrics, step=epochs)
         write_artifacts(tracker, run_id, cfg, study, pseudo, table, list(ctx.splits.class_names))
         objective = study.search.metric if study.search else "pseudo_miou"
@@ -166,6 +199,8 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> optuna.trial.TrialState
         ctx.optuna_study.tell(trial, value)
         tracker.end(run_id, "FINISHED")
         ckpt.unlink(missing_ok=True)
+        if label_root is not None:
+            shutil.rmtree(label_root, ignore_errors=True)
         return optuna.trial.TrialState.COMPLETE
     except optuna.TrialPruned as e:
         tracker.set_tags(run_id, {"bench.state": "PRUNED", "bench.pruned": str(e)})

@@ -29,7 +29,8 @@ def test_smoke_run_logs_everything_and_rerun_adds_nothing(tmp_path, monkeypatch)
     assert len(children) == 2 and set(children["status"]) == {"FINISHED"}
     assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0]["run_id"]}
     assert set(children["tags.bench.variant"]) == {"vit-pcm", "tkp-pcl"}
-    for col in ("pseudo_miou", "pseudo_miou_crf", "iou_background", "iou_crf_disc-red", "loss", "monitor_pseudo_miou"):
+    for col in ("pseudo_miou", "pseudo_miou_crf", "iou_background", "iou_crf_disc-red", "loss", "monitor_pseudo_miou",
+                "seg_miou", "seg_iou_background", "seg_loss"):
         assert children[f"metrics.{col}"].notna().all(), col
     assert ((children["metrics.pseudo_miou"] > 0) & (children["metrics.pseudo_miou"] <= 1)).all()
     row = children[children["tags.bench.variant"] == "vit-pcm"].iloc[0]
@@ -43,7 +44,9 @@ def test_smoke_run_logs_everything_and_rerun_adds_nothing(tmp_path, monkeypatch)
     rid = row["run_id"]
     assert [m.step for m in client.get_metric_history(rid, "monitor_pseudo_miou")] == [0, 1]
     arts = {a.path for a in client.list_artifacts(rid)}
-    assert {"config.yaml", "confusion_matrix.csv", "overlay.png", "examples.npz", "per_class_iou.json"} <= arts
+    assert {"config.yaml", "confusion_matrix.csv", "overlay.png", "examples.npz", "per_class_iou.json",
+            "seg_overlay.png", "confusion_matrix_seg.csv"} <= arts
+    assert not (tmp_path / ".bench" / "smoke" / "pseudo").exists() or not any((tmp_path / ".bench/smoke/pseudo").iterdir())
 
     st = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(".bench/optuna.journal")))  # fmt: skip

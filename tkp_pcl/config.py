@@ -117,14 +117,44 @@ class PseudoConfig(_Strict):
     workers: int = Field(2, ge=1)
 
 
+class SegmentConfig(_Strict):
+    """Stage 2: a segmentation network trained on the pseudo labels, scored on val masks.
+
+    ``vit_decoder``: a timm ViT shaped like ``model`` (fresh weights) with a linear per-patch
+    decoder, upsampled; ``deeplabv3_mobilenet_v3_large`` / ``deeplabv3_resnet50``: torchvision's
+    DeepLabv3 (``weights=None``; ``pretrained_backbone`` loads ImageNet weights where present).
+    """
+
+    enabled: bool = False
+    model: Literal["vit_decoder", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50"] = "vit_decoder"
+    pretrained_backbone: bool = False
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    crop_size: int | None = Field(None, ge=16)
+    scale_min: float = Field(0.75, gt=0)
+    scale_max: float = Field(1.25, gt=0)
+    use_crf_labels: bool = True
+    eval_scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    eval_flip: bool = False
+
+    @model_validator(mode="after")
+    def _scales(self) -> "SegmentConfig":
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"scale_min ({self.scale_min}) must be <= scale_max ({self.scale_max})")
+        return self
+
+
 class MethodConfig(_Strict):
-    """Everything stage 1 and pseudo-label generation need, except the data."""
+    """Everything stage 1, pseudo-label generation and stage 2 need, except the data."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     pooling: PoolingConfig = Field(default_factory=PoolingConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
 
 
 class SyntheticDataConfig(_Strict):

@@ -47,8 +47,9 @@ class HVBiLSTM(nn.Module):
         return self.out(torch.cat([rows, cols], dim=-1))
 
 
-def create_backbone(cfg: ModelConfig) -> nn.Module:
-    """A timm ViT without its head; ``None`` fields keep the timm model's own values."""
+def create_backbone(cfg: ModelConfig, **extra) -> nn.Module:
+    """A timm ViT without its head; ``None`` fields keep the timm model's own values; ``extra``
+    goes to ``timm.create_model`` (e.g. ``dynamic_img_size=True``)."""
     overrides = {
         k: v
         for k, v in dict(
@@ -66,6 +67,7 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
             num_classes=0,
             img_size=cfg.img_size,
             **overrides,
+            **extra,
         )
     except RuntimeError as e:
         if cfg.pretrained and ("Hub" in str(e) or "download" in str(e).lower()):

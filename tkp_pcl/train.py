@@ -12,7 +12,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .config import MethodConfig
@@ -29,6 +31,17 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message says where and which term."""
+
+
+class StoppedByRankZero(RuntimeError):
+    """Under DDP: rank 0's epoch callback stopped training (e.g. pruned); the other ranks stop."""
+
+
+def distributed() -> tuple[bool, int, int]:
+    """(initialised, rank, world size) of the default process group (torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return True, dist.get_rank(), dist.get_world_size()
+    return False, 0, 1
 
 
 class ImageLabelDataset(Dataset):
@@ -118,19 +131,29 @@ def train_stage1(
     the first ``train.monitor_images`` images of ``splits.val``. The callback may raise to stop
     (e.g. to prune). A non-finite loss raises :class:`NonFiniteLossError`. ``model`` replaces
     the freshly built :class:`PatchClassifier` (e.g. to fine-tune).
+
+    Under ``torchrun`` (a process group initialised) the model is wrapped in
+    DistributedDataParallel and each rank sees its share of every epoch (DistributedSampler,
+    ``batch_size`` per rank); losses are averaged over ranks; rank 0 alone evaluates, writes the
+    checkpoint and calls ``on_epoch_end``. Every rank must pass the same ``checkpoint_path``.
     """
     tc, lc, pc = cfg.train, cfg.loss, cfg.pooling
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
+    is_dist, rank, world = distributed()
     device = resolve_device(tc.device)
+    if is_dist and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     gen = seed_everything(tc.seed)
     model = (model or PatchClassifier(cfg.model, splits.train.num_classes)).to(device)
     data = ImageLabelDataset(splits.train, cfg.model.img_size)
     workers = splits.loader_workers
+    sampler = DistributedSampler(data, world, rank, shuffle=True, seed=tc.seed, drop_last=True) if is_dist else None
     loader = DataLoader(
-        data, batch_size=tc.batch_size, shuffle=True, drop_last=len(data) >= tc.batch_size,
-        generator=gen, num_workers=workers, pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
+        data, batch_size=tc.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=len(data) >= tc.batch_size * world, generator=gen, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
     )  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     total = tc.epochs * len(loader)
@@ -156,8 +179,11 @@ def train_stage1(
         history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
         start_epoch = len(history)
 
-    bar = tqdm(range(start_epoch, tc.epochs), desc="stage 1", disable=not progress, unit="epoch")
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if is_dist else model
+    bar = tqdm(range(start_epoch, tc.epochs), desc="stage 1", disable=not progress or rank > 0, unit="epoch")
     for epoch in bar:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         model.train()
         t0 = time.perf_counter()
         sums = torch.zeros(4, dtype=torch.float64)
@@ -170,14 +196,15 @@ def train_stage1(
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             b = images.shape[0]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                out = model(torch.cat([images, images.flip(-1)]))
+                out = net(torch.cat([images, images.flip(-1)]))
             probs, both_labels = out.probs, labels.repeat(2, 1)
             l_cls = image_loss(pool(probs, pc.kind, **pool_args), both_labels)
             zero = probs.new_zeros(())
             l_eq = (
                 equivariance_loss(probs[:b], probs[b:], labels, out.grid) if lc.eq_weight > 0 else zero
             )
-            l_pce = zero
+            # under DDP every parameter needs a gradient: the projection head's is zero while PCE is off
+            l_pce = out.embeddings.sum() * 0.0 if is_dist else zero
             if use_pce:
                 l_pce = patch_contrastive_error(
                     out.embeddings, patch_labels_from_probs(probs, both_labels),
@@ -201,15 +228,25 @@ def train_stage1(
             sched.step()
             sums += parts * b
             n_img += b
+        if is_dist:  # average over ranks
+            totals = torch.cat([sums, torch.tensor([float(n_img)], dtype=torch.float64)])
+            dist.all_reduce(totals)
+            sums, n_img = totals[:4], int(totals[4])
         train_time = time.perf_counter() - t0
         means = (sums / max(n_img, 1)).tolist()
         metrics = {
             "loss": means[0], "loss_cls": means[1], "loss_eq": means[2], "loss_pce": means[3],
             "lr": sched.get_last_lr()[0], "epoch_seconds": train_time,
             "images_per_second": n_img / max(train_time, 1e-9),
-            "monitor_pseudo_miou": monitor_miou(model, monitor, cfg, device),
+            "monitor_pseudo_miou": monitor_miou(model, monitor, cfg, device) if rank == 0 else float("nan"),
         }  # fmt: skip
         history.append(metrics)
+        if rank > 0:  # rank 0 decides whether training goes on
+            stop = torch.zeros(1)
+            dist.broadcast(stop, 0)
+            if stop.item():
+                raise StoppedByRankZero(f"rank 0 stopped training after epoch {epoch}")
+            continue
         if checkpoint_path is not None:
             keys = list(history[0])
             save_checkpoint(
@@ -222,6 +259,13 @@ def train_stage1(
                 checkpoint_path,
             )  # fmt: skip
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", miou=f"{metrics['monitor_pseudo_miou']:.3f}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
+        try:
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+        except BaseException:
+            if is_dist:
+                dist.broadcast(torch.ones(1), 0)
+            raise
+        if is_dist:
+            dist.broadcast(torch.zeros(1), 0)
     return Stage1Result(model=model, history=history, device=device)

@@ -1,0 +1,88 @@
+"""Multi-GPU (or multi-process CPU) training of each trial with DistributedDataParallel.
+
+    torchrun --standalone --nproc-per-node N -m bench.train_trial STUDY [--tracking-uri URI] [--storage URL]
+
+A worker like ``bench worker``, except that all N processes train every trial together: rank 0
+opens the study (creating and enqueueing it if needed), claims trials and does all Optuna and
+MLflow work, pseudo labels and stage 2; it sends each trial's configuration to the other ranks,
+which only join stage-1 training. Backend: NCCL on CUDA, gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+
+import torch
+import torch.distributed as dist
+
+from tkp_pcl.data import load_splits
+from tkp_pcl.train import train_stage1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.train_trial")
+    ap.add_argument("study")
+    ap.add_argument("--tracking-uri")
+    ap.add_argument("--storage")
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=dt.timedelta(hours=3))
+    rank = dist.get_rank()
+    try:
+        return rank_zero(args) if rank == 0 else other_rank(args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _broadcast(obj):
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def rank_zero(args) -> int:
+    from . import runner
+    from .cli import _load
+    from .trial import TrialContext, job_paths, run_trial, sample_search_config
+
+    study, storage_url, tracking_uri = _load(args)
+    h = runner.open_study(study, storage_url, tracking_uri, create=True)
+    h.tracker.ensure_experiment()
+    runner.prepare(h)
+    ctx = TrialContext(study, h.optuna_study, h.tracker, h.tracker.parent_run(), h.workdir)
+    failed = 0
+    while True:
+        trial = runner.next_trial(h)
+        if trial is None:
+            _broadcast(None)
+            break
+        key = trial.user_attrs.get("job_key")
+        cfg = ctx.jobs[key].config if key else sample_search_config(study, trial)
+        key = key or f"search|trial={trial.number}"
+        _broadcast((cfg.model_dump(mode="json"), str(job_paths(ctx.workdir, key)[0])))
+        failed += run_trial(ctx, trial).name == "FAIL"
+    runner.finish_parent(h)
+    return 1 if failed else 0
+
+
+def other_rank(args) -> int:
+    from tkp_pcl.config import MethodConfig
+
+    from .study import load_study
+
+    splits = load_splits(load_study(args.study).data)
+    while (msg := _broadcast(None)) is not None:
+        cfg, ckpt = MethodConfig.model_validate(msg[0]), msg[1]
+        try:
+            train_stage1(cfg, splits, checkpoint_path=ckpt, progress=False)
+        except Exception as e:  # rank 0 records the failure; this rank waits for the next trial
+            print(f"rank {dist.get_rank()}: {type(e).__name__}: {e}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Shared by the benchmark scripts: the quickstart's model configuration, machine facts, CSV."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def quickstart_job(variant: str = "tkp-pcl"):
+    """The quickstart study and the configuration of one of its jobs (seed 0)."""
+    from bench.study import load_study, study_jobs
+
+    study = load_study(ROOT / "studies" / "quickstart.yaml")
+    job = next(j for j in study_jobs(study) if j.variant == variant and j.seed == 0)
+    return study, job.config
+
+
+def machine() -> dict[str, str]:
+    return {
+        "date": dt.date.today().isoformat(),
+        "cores": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+
+
+def write_csv(name: str, rows: list[dict]) -> Path:
+    """Write ``benchmarks/results/<name>.csv`` (machine facts added to each row)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.csv"
+    rows = [{**r, **machine()} for r in rows]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {path}")
+    return path

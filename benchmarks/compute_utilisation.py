@@ -1,0 +1,82 @@
+"""Achieved FLOP/s of a stage-1 training step (quickstart model) against this machine's dense
+matmul FLOP/s at the same dtype and thread count.
+
+    python benchmarks/compute_utilisation.py [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import quickstart_job, write_csv
+from tkp_pcl.losses import equivariance_loss, image_loss, patch_contrastive_error, patch_labels_from_probs
+from tkp_pcl.model import PatchClassifier
+from tkp_pcl.pooling import pool
+
+
+def matmul_flops(n: int, k: int, m: int, seconds: float = 2.0) -> float:
+    """Sustained FLOP/s of an (n, k) @ (k, m) float32 matmul."""
+    a, b = torch.randn(n, k), torch.randn(k, m)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n * k * m * reps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+    _, cfg = quickstart_job("tkp-pcl")
+    torch.manual_seed(0)
+    model = PatchClassifier(cfg.model, 7)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    b, s = cfg.train.batch_size, cfg.model.img_size
+    images = torch.randint(0, 255, (b, 3, s, s), dtype=torch.uint8)
+    labels = (torch.rand(b, 7) < 0.4).float()
+    labels[:, 0] = 1
+
+    def step() -> None:
+        out = model(torch.cat([images, images.flip(-1)]))
+        both = labels.repeat(2, 1)
+        loss = image_loss(pool(out.probs, "topk", k_ratio=cfg.pooling.k_ratio), both)
+        loss = loss + equivariance_loss(out.probs[:b], out.probs[b:], labels, out.grid)
+        loss = loss + 0.1 * patch_contrastive_error(out.embeddings, patch_labels_from_probs(out.probs, both))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as fc:
+        step()
+    flops = fc.get_total_flops()
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    dt = (time.perf_counter() - t0) / args.steps
+    achieved = flops / dt
+    d = cfg.model.embed_dim
+    tokens = 2 * b * (s // cfg.model.patch_size) ** 2
+    peak_square = matmul_flops(2048, 2048, 2048)
+    peak_shape = matmul_flops(tokens, d, 3 * d)  # the ViT's own qkv projection shape
+    rows = [{
+        "step_gflop": f"{flops / 1e9:.2f}", "step_seconds": f"{dt:.4f}", "images_per_second": f"{2 * b / dt:.1f}",
+        "achieved_gflops": f"{achieved / 1e9:.1f}", "matmul_2048_gflops": f"{peak_square / 1e9:.1f}",
+        "matmul_qkv_shape_gflops": f"{peak_shape / 1e9:.1f}",
+        "fraction_of_2048_peak": f"{achieved / peak_square:.3f}", "fraction_of_qkv_shape": f"{achieved / peak_shape:.3f}",
+    }]  # fmt: skip
+    for k, v in rows[0].items():
+        print(f"{k:28s} {v}")
+    write_csv("compute_utilisation", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from tkp_pcl.config import ModelConfig, SegmentConfig, SyntheticDataConfig
+from tkp_pcl.data import load_splits
+from tkp_pcl.metrics import miou
+from tkp_pcl.palette import save_label_png
+from tkp_pcl.segment import PseudoLabelDataset, Segmenter, evaluate_segmentation, predict, train_segmentation
+
+SMALL = ModelConfig(img_size=48, patch_size=8, depth=2, embed_dim=64, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    splits = load_splits(SyntheticDataConfig(n_train=96, n_val=24, size=48, min_size=10, max_size=32))
+    labels = tmp_path_factory.mktemp("labels")
+    for i, name in enumerate(splits.train.ids):  # true masks as "pseudo labels": an upper bound
+        save_label_png(splits.train.load_mask(i), labels / f"{name}.png")
+    return splits, labels
+
+
+def test_dataset_crops_pads_with_ignore_and_keeps_pairs_aligned(data):
+    splits, labels = data
+    torch.manual_seed(0)
+    ds = PseudoLabelDataset(splits.train, labels, size=48, scale=(0.5, 0.5))
+    img, lab = ds[0]
+    assert img.shape == (3, 48, 48) and img.dtype == torch.uint8 and lab.shape == (48, 48)
+    assert (lab == 255).any() and (img[:, lab == 255] == 0).all()  # padding, not image, is ignored
+    assert set(lab.unique().tolist()) <= set(range(7)) | {255}
+    ds = PseudoLabelDataset(splits.train, labels, size=48, scale=(0.4, 1.6))
+    for i in range(40):  # crops of images smaller and larger than the crop, any offset
+        img, lab = ds[i % len(ds)]
+        assert img.shape == (3, 48, 48) and lab.shape == (48, 48)
+
+
+def test_training_on_labels_beats_an_untrained_network(data):
+    splits, labels = data
+    cfg = SegmentConfig(enabled=True, epochs=4, batch_size=16, lr=2e-3)
+    torch.manual_seed(0)
+    untrained = miou(evaluate_segmentation(Segmenter(cfg, SMALL, 7), splits.val, 48, cfg, "cpu")[0])[0]
+    res = train_segmentation(cfg, SMALL, splits.train, labels, splits.val, seed=0, device="cpu", keep_examples=2, progress=False)
+    trained = miou(res.conf)[0]
+    assert trained > untrained + 0.1, (untrained, trained)
+    assert res.history[-1]["seg_loss"] < res.history[0]["seg_loss"]
+    assert len(res.examples) == 2 and res.examples[0]["pseudo"].shape == (48, 48)
+
+
+def test_multiscale_flip_inference_and_torchvision_deeplab():
+    img = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    cfg = SegmentConfig(eval_scales=[0.75, 1.0, 1.5], eval_flip=True)
+    m = Segmenter(cfg, SMALL, 5).eval()
+    p = predict(m, img, 48, cfg.eval_scales, cfg.eval_flip, "cpu")
+    assert p.shape == (5, 37, 53)
+    torch.testing.assert_close(p.sum(0), torch.full((37, 53), 6.0))  # 3 scales x 2 flips
+    dl = Segmenter(SegmentConfig(model="deeplabv3_mobilenet_v3_large"), SMALL, 5).eval()
+    assert predict(dl, img, 64, [1.0], False, "cpu").shape == (5, 37, 53)

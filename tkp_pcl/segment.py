@@ -1,0 +1,203 @@
+"""Stage 2: a segmentation network trained on pseudo labels, evaluated on the val masks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .config import ModelConfig, SegmentConfig
+from .data.split import IGNORE_INDEX, Split
+from .metrics import confusion_matrix
+from .model import create_backbone
+from .pseudo import resize_image
+from .train import lr_factor, resolve_device, seed_everything
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ViTDecoder(nn.Module):
+    """A timm ViT (fresh weights, any input size that is a multiple of the patch) with a linear
+    per-patch decoder: (B, 3, H, W) -> logits (B, C, H, W), bilinear from the patch grid."""
+
+    def __init__(self, model_cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        cfg = model_cfg.model_copy(update={"pretrained": False})
+        self.backbone = create_backbone(cfg, dynamic_img_size=True)
+        self.patch = self.backbone.patch_embed.patch_size[0]
+        self.num_prefix = getattr(self.backbone, "num_prefix_tokens", 1)
+        self.norm = nn.LayerNorm(self.backbone.num_features)
+        self.head = nn.Linear(self.backbone.num_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2] // self.patch, x.shape[-1] // self.patch
+        tokens = self.backbone.forward_features(x)[:, self.num_prefix :]
+        logits = self.head(self.norm(tokens)).transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class TorchvisionDeepLab(nn.Module):
+    """torchvision's DeepLabv3; returns the main head's logits (B, C, H, W)."""
+
+    def __init__(self, name: str, num_classes: int, pretrained_backbone: bool):
+        super().__init__()
+        import torchvision.models.segmentation as seg
+
+        self.net = getattr(seg, name)(
+            weights=None, weights_backbone="DEFAULT" if pretrained_backbone else None,
+            num_classes=num_classes, aux_loss=False,
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)["out"]
+
+
+class Segmenter(nn.Module):
+    """Normalises uint8 images and runs the chosen network: (B, 3, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, cfg: SegmentConfig, model_cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        if cfg.model == "vit_decoder":
+            self.net: nn.Module = ViTDecoder(model_cfg, num_classes)
+            pc = self.net.backbone.pretrained_cfg or {}
+            mean, std = pc.get("mean", (0.5,) * 3), pc.get("std", (0.5,) * 3)
+            self.multiple = self.net.patch
+        else:
+            self.net = TorchvisionDeepLab(cfg.model, num_classes, cfg.pretrained_backbone)
+            mean, std, self.multiple = IMAGENET_MEAN, IMAGENET_STD, 8
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        return self.net((x - self.mean) / self.std)
+
+
+class PseudoLabelDataset(Dataset):
+    """Images of ``split`` with the pseudo-label PNGs in ``label_dir`` (named by image id),
+    randomly rescaled, cropped (labels padded with 255) and mirrored: (3, S, S) uint8, (S, S) long."""
+
+    def __init__(self, split: Split, label_dir: Path, size: int, scale: tuple[float, float]):
+        self.split, self.label_dir, self.size, self.scale = split, Path(label_dir), size, scale
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        path = self.label_dir / f"{self.split.ids[i]}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"pseudo label {path} does not exist; make the pseudo labels first")
+        img = Image.fromarray(self.split.load_image(i))
+        lab = Image.open(path)
+        s = self.size * float(torch.empty(1).uniform_(*self.scale))
+        w, h = img.size
+        f = s / max(w, h)
+        nw, nh = max(1, round(w * f)), max(1, round(h * f))
+        img = torch.from_numpy(np.array(img.resize((nw, nh), Image.BILINEAR))).permute(2, 0, 1)
+        lab = torch.from_numpy(np.asarray(lab.resize((nw, nh), Image.NEAREST)).astype(np.int64))
+        out_img = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+        out_lab = torch.full((self.size, self.size), IGNORE_INDEX, dtype=torch.long)
+        y0 = int(torch.randint(0, max(0, nh - self.size) + 1, ()))
+        x0 = int(torch.randint(0, max(0, nw - self.size) + 1, ()))
+        ch, cw = min(self.size, nh), min(self.size, nw)
+        out_img[:, :ch, :cw] = img[:, y0 : y0 + ch, x0 : x0 + cw]
+        out_lab[:ch, :cw] = lab[y0 : y0 + ch, x0 : x0 + cw]
+        if torch.rand(()) < 0.5:
+            out_img, out_lab = out_img.flip(-1), out_lab.flip(-1)
+        return out_img, out_lab
+
+
+@torch.no_grad()
+def predict(model: Segmenter, image: np.ndarray, size: int, scales: list[float], flip: bool, device) -> Tensor:
+    """Class probabilities (C, H, W) of one (H, W, 3) image, averaged over scales and flips."""
+    h, w = image.shape[:2]
+    total = None
+    for sc in scales:
+        side = max(model.multiple, round(size * sc / model.multiple) * model.multiple)
+        x = resize_image(image, side)[None].to(device)
+        views = [x, x.flip(-1)] if flip else [x]
+        for k, v in enumerate(views):
+            p = model(v).float().softmax(1)
+            p = p.flip(-1) if k == 1 else p
+            p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[0]
+            total = p if total is None else total + p
+    return total
+
+
+@dataclass
+class SegmentResult:
+    model: Segmenter
+    conf: np.ndarray
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    examples: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+def evaluate_segmentation(
+    model: Segmenter, split: Split, size: int, cfg: SegmentConfig, device, keep_examples: int = 0
+) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+    """Confusion matrix (C, C) of the model on ``split``'s masks, and a few examples."""
+    model.eval()
+    c = split.num_classes
+    conf = np.zeros((c, c), np.int64)
+    examples = []
+    for i in range(len(split)):
+        image, mask = split.load_image(i), split.load_mask(i)
+        pred = predict(model, image, size, cfg.eval_scales, cfg.eval_flip, device).argmax(0).cpu().numpy().astype(np.uint8)
+        conf += confusion_matrix(pred, mask, c)
+        if i < keep_examples:
+            examples.append({"image": image, "mask": mask, "pseudo": pred})
+    return conf, examples
+
+
+def train_segmentation(
+    cfg: SegmentConfig,
+    model_cfg: ModelConfig,
+    train: Split,
+    label_dir: str | Path,
+    val: Split,
+    seed: int = 0,
+    device: str = "auto",
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    keep_examples: int = 0,
+    progress: bool = True,
+) -> SegmentResult:
+    """Train on ``train`` images with the pseudo labels in ``label_dir`` (cross-entropy, 255
+    ignored, AdamW with a poly schedule), then score on ``val``'s masks."""
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    gen = seed_everything(seed)
+    size = cfg.crop_size or model_cfg.img_size
+    model = Segmenter(cfg, model_cfg, train.num_classes).to(dev)
+    data = PseudoLabelDataset(train, Path(label_dir), size, (cfg.scale_min, cfg.scale_max))
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) >= cfg.batch_size, generator=gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, 0, "poly"))
+    history = []
+    for epoch in tqdm(range(cfg.epochs), desc="stage 2", disable=not progress, unit="epoch"):
+        model.train()
+        loss_sum, n = 0.0, 0
+        for images, labels in loader:
+            logits = model(images.to(dev))
+            loss = F.cross_entropy(logits, labels.to(dev), ignore_index=IGNORE_INDEX)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * images.shape[0]
+            n += images.shape[0]
+        history.append({"seg_loss": loss_sum / max(n, 1)})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history[-1])
+    conf, examples = evaluate_segmentation(model, val, size, cfg, dev, keep_examples)
+    return SegmentResult(model, conf, time.perf_counter() - t0, history, examples)
