@@ -33,14 +33,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FloatParam(_Strict):
-    type: Literal["float"]
+class _RangeParam(_Strict):
     low: float
     high: float
     log: bool = False
 
     @model_validator(mode="after")
-    def _order(self) -> "FloatParam":
+    def _order(self) -> "_RangeParam":
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be < high ({self.high})")
         if self.log and self.low <= 0:
@@ -48,17 +47,14 @@ class FloatParam(_Strict):
         return self
 
 
-class IntParam(_Strict):
+class FloatParam(_RangeParam):
+    type: Literal["float"]
+
+
+class IntParam(_RangeParam):
     type: Literal["int"]
     low: int
     high: int
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _order(self) -> "IntParam":
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        return self
 
 
 class CategoricalParam(_Strict):

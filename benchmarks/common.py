@@ -33,6 +33,18 @@ def machine() -> dict[str, str]:
     }
 
 
+def emit(name: str, rows: list[dict]) -> Path:
+    """Print the figures (one per line for a single row) and write them as CSV."""
+    if len(rows) == 1:
+        for k, v in rows[0].items():
+            print(f"{k:32s} {v}")
+    else:
+        import pandas as pd
+
+        print(pd.DataFrame(rows).to_string(index=False))
+    return write_csv(name, rows)
+
+
 def write_csv(name: str, rows: list[dict]) -> Path:
     """Write ``benchmarks/results/<name>.csv`` (machine facts added to each row)."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import quickstart_job, write_csv
+from common import emit, quickstart_job
 from tkp_pcl.losses import equivariance_loss, image_loss, patch_contrastive_error, patch_labels_from_probs
 from tkp_pcl.model import PatchClassifier
 from tkp_pcl.pooling import pool
@@ -73,9 +73,7 @@ def main() -> None:
         "matmul_qkv_shape_gflops": f"{peak_shape / 1e9:.1f}",
         "fraction_of_2048_peak": f"{achieved / peak_square:.3f}", "fraction_of_qkv_shape": f"{achieved / peak_shape:.3f}",
     }]  # fmt: skip
-    for k, v in rows[0].items():
-        print(f"{k:28s} {v}")
-    write_csv("compute_utilisation", rows)
+    emit("compute_utilisation", rows)
 
 
 if __name__ == "__main__":

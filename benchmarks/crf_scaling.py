@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from scipy.ndimage import zoom
 
-from common import write_csv
+from common import emit
 from tkp_pcl.config import CRFConfig
 from tkp_pcl.crf import crf_refine
 from tkp_pcl.data.synthetic import synthetic_split
@@ -59,9 +59,7 @@ def main() -> None:
            "seconds_1_process": f"{t1:.2f}", f"seconds_{args.workers}_processes": f"{tn:.2f}",
            "seconds_per_image_1": f"{t1 / args.images:.3f}", f"seconds_per_image_{args.workers}": f"{tn / args.images:.3f}",
            "speedup": f"{t1 / tn:.2f}"}  # fmt: skip
-    for k, v in row.items():
-        print(f"{k:24s} {v}")
-    write_csv("crf_scaling", [row])
+    emit("crf_scaling", [row])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from common import ROOT, write_csv
+from common import ROOT, emit
 
 
 def study_file(d: Path, epochs: int) -> Path:
@@ -51,9 +51,7 @@ def main() -> None:
     w2 = timed_run(2, args.epochs)
     row = {"trials": 8, "epochs": args.epochs, "seconds_workers_1": f"{w1:.1f}",
            "seconds_workers_2": f"{w2:.1f}", "speedup": f"{w1 / w2:.2f}"}  # fmt: skip
-    for k, v in row.items():
-        print(f"{k:20s} {v}")
-    write_csv("worker_scaling", [row])
+    emit("worker_scaling", [row])
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def write_voc_fixture(root: Path, n_synthetic: int = 3) -> dict[str, np.ndarray]
         h, w = 40 + 8 * k, 56
         img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         mask = np.zeros((h, w), np.uint8)
-        mask[5:20, 10:30] = 1 + 7 * k  # aeroplane, car, ...
+        mask[5:20, 10:30] = 1 + (7 * k) % 20  # aeroplane, car, ...
         mask[4, 10:30] = 255  # boundary
         items[f"2008_{k:06d}"] = (img, mask)
     for name, (img, mask) in items.items():

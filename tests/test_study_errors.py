@@ -76,3 +76,8 @@ def test_shipped_studies_are_valid():
     assert counts["quickstart"] == 12 and counts["smoke"] == 2
     assert counts["ablation_k"] == 18 and counts["ablation_pce"] == 30 and counts["search"] == 30
     assert counts["voc2012"] == 4
+
+
+def test_voc2012_study_without_the_data_names_the_missing_path(tmp_path, monkeypatch, capsys):
+    err = run_bad(tmp_path, monkeypatch, capsys, SMOKE.parent / "voc2012.yaml")
+    assert "VOC root data/VOCdevkit/VOC2012 does not exist" in err and "VOCtrainval_11-May-2012.tar" in err
