@@ -26,7 +26,7 @@ from .palette import save_label_png
 
 def resize_image(image: np.ndarray, size: int) -> Tensor:
     """(H, W, 3) uint8 -> (3, size, size) uint8 tensor (bilinear; identity at the same size)."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)  # copies read-only arrays
     if t.shape[1:] == (size, size):
         return t
     x = F.interpolate(t[None].float(), size=(size, size), mode="bilinear", align_corners=False)
@@ -127,11 +127,21 @@ def make_pseudo_labels(
             batch = torch.stack([resize_image(im, size) for im in imgs]).to(device)
             labels = torch.from_numpy(all_labels[list(idx)]).to(device)
             maps = predict_class_maps(model, batch, labels).float().cpu()
+            masks = [split.load_mask(i) for i in idx]
+            if len({m.shape for m in masks}) == 1:  # one upsampling and one bincount per batch
+                up = F.interpolate(maps, size=masks[0].shape, mode="bilinear", align_corners=False)
+                preds = up.argmax(1).numpy().astype(np.uint8)
+                conf += confusion_matrix(preds, np.stack(masks), c)
+                probs_all = up
+            else:
+                probs_all, preds = [], []
+                for j, mask in enumerate(masks):
+                    probs, pred = maps_to_labels(maps[j], mask.shape)
+                    probs_all.append(probs)
+                    preds.append(pred.numpy().astype(np.uint8))
+                    conf += confusion_matrix(preds[-1], mask, c)
             for j, i in enumerate(idx):
-                mask = split.load_mask(i)
-                probs, pred = maps_to_labels(maps[j], mask.shape)
-                pred = pred.numpy().astype(np.uint8)
-                conf += confusion_matrix(pred, mask, c)
+                mask, pred = masks[j], preds[j]
                 if "pseudo" in dirs:
                     save_label_png(pred, dirs["pseudo"] / f"{split.ids[i]}.png")
                 if i < keep_examples:
@@ -140,7 +150,7 @@ def make_pseudo_labels(
                     bar.update(1)
                     continue
                 classes = np.flatnonzero(all_labels[i])
-                args = (imgs[j], probs.numpy()[classes], classes, cfg.crf)
+                args = (imgs[j], probs_all[j].numpy()[classes], classes, cfg.crf)
                 job = pool.submit(_crf_job, *args) if pool else _crf_job(*args)
                 pending.append((i, mask, job))
                 while len(pending) > 4 * cfg.workers:
