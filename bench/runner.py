@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .storage import claim_waiting_trial, fail_dead_trials, open_storage
+from .storage import claim_waiting_trial, fail_dead_trials, heartbeat, open_storage
 from .study import Study, StudyError, study_jobs
 from .trial import TrialContext, run_trial
 from .tracking import Tracker
@@ -148,7 +148,8 @@ def work(h: StudyHandle, on_progress=None, on_trial_end=None) -> Counter:
         trial = next_trial(h)
         if trial is None:
             return done
-        state = run_trial(ctx, trial)
+        with heartbeat(h.storage, h.optuna_study, trial):
+            state = run_trial(ctx, trial)
         done[state.name] += 1
         if on_trial_end:
             on_trial_end(trial, state)

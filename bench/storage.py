@@ -5,14 +5,19 @@
   is found here: it records its host, pid and the pid's start time, and a RUNNING trial whose
   process is gone on this host is failed by :func:`fail_dead_trials`.
 - ``sqlite:///PATH``: one writer at a time (fine for one worker and resuming).
-- ``postgresql://...`` (or any RDB URL): many machines; Optuna's heartbeat fails the trials of
-  dead workers on any machine.
+- ``postgresql://...`` (or any RDB URL): many machines. A worker records a heartbeat for the
+  trial it runs (:func:`heartbeat`); a trial whose heartbeat stopped for the grace period
+  (worker killed, machine gone) is failed by Optuna in :func:`fail_dead_trials`.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -21,8 +26,8 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 DEFAULT_STORAGE = "journal:.bench/optuna.journal"
-HEARTBEAT_SECONDS = 20
-GRACE_SECONDS = 60
+HEARTBEAT_SECONDS = int(os.environ.get("BENCH_HEARTBEAT_SECONDS", 20))
+GRACE_SECONDS = int(os.environ.get("BENCH_HEARTBEAT_GRACE_SECONDS", 60))
 
 
 def resolve_storage_url(cli: str | None, study: str | None) -> str:
@@ -48,7 +53,57 @@ def open_storage(url: str) -> BaseStorage:
         return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
     if url.startswith("sqlite:"):
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+    return rdb_with_heartbeat(url, HEARTBEAT_SECONDS, GRACE_SECONDS)
+
+
+class StaleTrials:
+    """An RDB storage's heartbeat-stale callback: remembers the trials Optuna itself failed, so
+    that only those (not trials another worker completed meanwhile) count as dead."""
+
+    def __init__(self) -> None:
+        self.failed: list[optuna.trial.FrozenTrial] = []
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.failed.append(trial)
+
+
+def rdb_with_heartbeat(url: str, interval: int, grace: int, **kw) -> RDBStorage:
+    """An RDB storage whose trials are failed ``grace`` seconds after their last heartbeat."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
+                          heartbeat_stale_trial_callback=StaleTrials(), **kw)  # fmt: skip
+
+
+@contextmanager
+def heartbeat(storage: BaseStorage, study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat every ``heartbeat_interval`` seconds while the block runs
+    (a daemon thread; nothing on storages without heartbeat)."""
+    interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+    if not interval:
+        yield
+        return
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), trial.number
+    )
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # a passing database error: try again at the next beat
+                pass
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval + 5)
 
 
 def process_start_time(pid: int) -> str | None:
@@ -61,6 +116,7 @@ def process_start_time(pid: int) -> str | None:
 
 
 def worker_identity() -> dict[str, str]:
+    """Host, pid and the pid's start time, in the order they are to be written (start last)."""
     pid = os.getpid()
     return {"worker_host": socket.gethostname(), "worker_pid": str(pid),
             "worker_start": process_start_time(pid) or ""}  # fmt: skip
@@ -69,8 +125,8 @@ def worker_identity() -> dict[str, str]:
 def is_dead(trial: optuna.trial.FrozenTrial) -> bool:
     """A RUNNING trial of this host whose worker process is gone (or its pid reused)."""
     attrs = trial.user_attrs
-    if attrs.get("worker_host") != socket.gethostname() or "worker_pid" not in attrs:
-        return False
+    if attrs.get("worker_host") != socket.gethostname() or "worker_start" not in attrs:
+        return False  # another host's, or its identity is still being written (start comes last)
     started = process_start_time(int(attrs["worker_pid"]))
     return started is None or started != attrs.get("worker_start")
 
@@ -79,11 +135,13 @@ def fail_dead_trials(study: optuna.Study, storage: BaseStorage) -> list[optuna.t
     """Mark the RUNNING trials of dead workers FAIL; returns them (so their runs can be closed)."""
     failed = []
     study_id = storage.get_study_id_from_name(study.study_name)
-    if isinstance(storage, RDBStorage) and storage.heartbeat_interval:
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(study)
-        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        failed += [t for t in study.get_trials(deepcopy=False) if t.number in before - after]
+    stale = storage.get_heartbeat_stale_trial_callback() if isinstance(storage, RDBStorage) else None
+    if isinstance(stale, StaleTrials):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        failed += stale.failed
+        stale.failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if is_dead(t):
             try:

@@ -47,6 +47,7 @@ def _broadcast(obj):
 def rank_zero(args) -> int:
     from . import runner
     from .cli import _load
+    from .storage import heartbeat
     from .trial import TrialContext, job_paths, run_trial, sample_search_config
 
     study, storage_url, tracking_uri = _load(args)
@@ -64,7 +65,8 @@ def rank_zero(args) -> int:
         cfg = ctx.jobs[key].config if key else sample_search_config(study, trial)
         key = key or f"search|trial={trial.number}"
         _broadcast((cfg.model_dump(mode="json"), str(job_paths(ctx.workdir, key)[0])))
-        failed += run_trial(ctx, trial).name == "FAIL"
+        with heartbeat(h.storage, h.optuna_study, trial):
+            failed += run_trial(ctx, trial).name == "FAIL"
     runner.finish_parent(h)
     return 1 if failed else 0
 
