@@ -116,7 +116,7 @@ def run_stage2(ctx: TrialContext, cfg: MethodConfig, run_id: str, label_root: Pa
     seg = train_segmentation(
         cfg.segment, cfg.model, ctx.splits.pseudo, label_root / ("pseudo_crf" if crf else "pseudo"), ctx.splits.val,
         seed=cfg.train.seed, device=cfg.train.device, keep_examples=N_EXAMPLES, progress=False,
-        on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
+        loader_workers=ctx.splits.loader_workers, on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
     )  # fmt: skip
     mean, per = miou(seg.conf)
     names = list(ctx.splits.class_names)

@@ -55,3 +55,16 @@ def test_multiscale_flip_inference_and_torchvision_deeplab():
     torch.testing.assert_close(p.sum(0), torch.full((37, 53), 6.0))  # 3 scales x 2 flips
     dl = Segmenter(SegmentConfig(model="deeplabv3_mobilenet_v3_large"), SMALL, 5).eval()
     assert predict(dl, img, 64, [1.0], False, "cpu").shape == (5, 37, 53)
+
+
+def test_channels_last_deeplab_trains_and_compile_matches_eager(data, monkeypatch):
+    splits, labels = data
+    small = splits.train.subset(range(16))
+    cfg = SegmentConfig(model="deeplabv3_mobilenet_v3_large", channels_last=True, epochs=1, batch_size=8, crop_size=48)
+    res = train_segmentation(cfg, SMALL, small, labels, splits.val.subset(range(4)), seed=0, device="cpu", progress=False)
+    assert np.isfinite(res.history[0]["seg_loss"]) and res.conf.sum() == 4 * 48 * 48
+    vit = SegmentConfig(epochs=1, batch_size=8)
+    eager = train_segmentation(vit, SMALL, small, labels, splits.val.subset(range(4)), seed=0, device="cpu", progress=False)
+    compiled = train_segmentation(vit.model_copy(update={"compile": True}), SMALL, small, labels,
+                                  splits.val.subset(range(4)), seed=0, device="cpu", progress=False)  # fmt: skip
+    assert compiled.history[0]["seg_loss"] == pytest.approx(eager.history[0]["seg_loss"], rel=1e-3)

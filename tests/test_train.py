@@ -82,3 +82,12 @@ def test_method_package_imports_no_harness_or_tracker():
         "sys.exit(1 if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_torch_compile_trains_the_same_model(splits):
+    eager = train_stage1(cfg(epochs=1), splits, progress=False).history[0]
+    c = cfg(epochs=1)
+    c.train.compile = True
+    compiled = train_stage1(c, splits, progress=False).history[0]
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
+    assert compiled["monitor_pseudo_miou"] == pytest.approx(eager["monitor_pseudo_miou"], abs=0.02)

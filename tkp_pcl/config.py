@@ -81,7 +81,9 @@ class LossConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Stage-1 optimisation. ``seed`` fixes weights, sampling order and augmentation."""
+    """Stage-1 optimisation. ``seed`` fixes weights, sampling order and augmentation. ``amp``
+    (CUDA only: bf16, or fp16 with a GradScaler) and ``compile`` (``torch.compile`` of the
+    training forward) change speed, not the method."""
 
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -91,6 +93,7 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(1.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     amp: bool = False
+    compile: bool = False
     device: str = "auto"
     seed: int = 0
     monitor_images: int = Field(64, ge=0)
@@ -123,6 +126,9 @@ class SegmentConfig(_Strict):
     ``vit_decoder``: a timm ViT shaped like ``model`` (fresh weights) with a linear per-patch
     decoder, upsampled; ``deeplabv3_mobilenet_v3_large`` / ``deeplabv3_resnet50``: torchvision's
     DeepLabv3 (``weights=None``; ``pretrained_backbone`` loads ImageNet weights where present).
+    ``amp`` (CUDA: bf16, or fp16 with a GradScaler), ``channels_last`` (helps the convolutions of
+    DeepLab, not a ViT) and ``compile`` (``torch.compile`` of the training forward) are speed
+    options that leave the result's meaning unchanged.
     """
 
     enabled: bool = False
@@ -136,6 +142,9 @@ class SegmentConfig(_Strict):
     scale_min: float = Field(0.75, gt=0)
     scale_max: float = Field(1.25, gt=0)
     use_crf_labels: bool = True
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
     eval_scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     eval_flip: bool = False
 

@@ -20,7 +20,7 @@ from .data.split import IGNORE_INDEX, Split
 from .metrics import confusion_matrix
 from .model import create_backbone
 from .pseudo import resize_image
-from .train import lr_factor, resolve_device, seed_everything
+from .train import amp_setup, lr_factor, resolve_device, seed_everything
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -52,10 +52,16 @@ class TorchvisionDeepLab(nn.Module):
         super().__init__()
         import torchvision.models.segmentation as seg
 
-        self.net = getattr(seg, name)(
-            weights=None, weights_backbone="DEFAULT" if pretrained_backbone else None,
-            num_classes=num_classes, aux_loss=False,
-        )  # fmt: skip
+        try:
+            self.net = getattr(seg, name)(
+                weights=None, weights_backbone="DEFAULT" if pretrained_backbone else None,
+                num_classes=num_classes, aux_loss=False,
+            )  # fmt: skip
+        except OSError as e:  # URLError included: no network and no cached weights
+            raise RuntimeError(
+                f"ImageNet weights for the backbone of {name!r} could not be loaded ({e}); put them in "
+                "$TORCH_HOME/hub/checkpoints or set segment.pretrained_backbone: false"
+            ) from e
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)["out"]
@@ -170,33 +176,44 @@ def train_segmentation(
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     keep_examples: int = 0,
     progress: bool = True,
+    loader_workers: int = 0,
 ) -> SegmentResult:
     """Train on ``train`` images with the pseudo labels in ``label_dir`` (cross-entropy, 255
-    ignored, AdamW with a poly schedule), then score on ``val``'s masks."""
+    ignored, AdamW with a poly schedule), then score on ``val``'s masks (in float32)."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
     gen = seed_everything(seed)
     size = cfg.crop_size or model_cfg.img_size
     model = Segmenter(cfg, model_cfg, train.num_classes).to(dev)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    net = torch.compile(model) if cfg.compile else model
+    use_amp, amp_dtype, scaler = amp_setup(cfg.amp, dev)
     data = PseudoLabelDataset(train, Path(label_dir), size, (cfg.scale_min, cfg.scale_max))
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) >= cfg.batch_size, generator=gen)
+    loader = DataLoader(
+        data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) >= cfg.batch_size, generator=gen,
+        num_workers=loader_workers, pin_memory=dev.type == "cuda", persistent_workers=loader_workers > 0,
+    )  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, 0, "poly"))
     history = []
     for epoch in tqdm(range(cfg.epochs), desc="stage 2", disable=not progress, unit="epoch"):
         model.train()
-        loss_sum, n = 0.0, 0
+        loss_sum, n = torch.zeros((), device=dev), 0
         for images, labels in loader:
-            logits = model(images.to(dev))
-            loss = F.cross_entropy(logits, labels.to(dev), ignore_index=IGNORE_INDEX)
+            images = images.to(dev, non_blocking=True).to(memory_format=fmt)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                logits = net(images)
+            loss = F.cross_entropy(logits.float(), labels.to(dev), ignore_index=IGNORE_INDEX)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
-            loss_sum += float(loss.detach()) * images.shape[0]
+            loss_sum += loss.detach() * images.shape[0]  # no host sync per step
             n += images.shape[0]
-        history.append({"seg_loss": loss_sum / max(n, 1)})
+        history.append({"seg_loss": float(loss_sum) / max(n, 1)})
         if on_epoch_end is not None:
             on_epoch_end(epoch, history[-1])
     conf, examples = evaluate_segmentation(model, val, size, cfg, dev, keep_examples)

@@ -65,6 +65,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def amp_setup(enabled: bool, device: torch.device) -> tuple[bool, torch.dtype, torch.amp.GradScaler]:
+    """Autocast on CUDA only: bf16 where supported, else fp16 with a GradScaler (a no-op scaler
+    otherwise). Returns (use autocast, its dtype, the scaler)."""
+    use = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
+    return use, dtype, torch.amp.GradScaler("cuda", enabled=use and dtype == torch.float16)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; returns a CPU generator for the loop's own sampling."""
     random.seed(seed)
@@ -161,9 +169,7 @@ def train_stage1(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, warmup, tc.schedule)
     )
-    use_amp = tc.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    use_amp, amp_dtype, scaler = amp_setup(tc.amp, device)
     monitor = splits.val.subset(range(min(tc.monitor_images, len(splits.val))))
     pool_args = {"k_ratio": pc.k_ratio, "k": pc.k, "lse_r": pc.lse_r}
 
@@ -180,6 +186,8 @@ def train_stage1(
         start_epoch = len(history)
 
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if is_dist else model
+    if tc.compile:
+        net = torch.compile(net)
     bar = tqdm(range(start_epoch, tc.epochs), desc="stage 1", disable=not progress or rank > 0, unit="epoch")
     for epoch in bar:
         if sampler is not None:
