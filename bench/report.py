@@ -29,7 +29,7 @@ def pct(x: float, digits: int = 1) -> str:
 
 
 def pvalue(p: float) -> str:
-    return "–" if p is None or math.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
+    return "–" if p is None or math.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else "< 1e-4")
 
 
 def main_table(s: pd.DataFrame, status: pd.DataFrame, baseline: str | None, style: str) -> pd.DataFrame:
@@ -64,10 +64,12 @@ def claims(s: pd.DataFrame, baseline: str | None) -> list[str]:
             d = row.get(f"{m}_diff")
             if d is None or (isinstance(d, float) and math.isnan(d)):
                 continue
+            pv = pvalue(row[f"{m}_p"])
+            pv = pv if pv.startswith("<") else f"= {pv}"
             ci = "" if math.isnan(row[f"{m}_ci_low"]) else f", 95% paired bootstrap CI [{100 * row[f'{m}_ci_low']:+.1f}, {100 * row[f'{m}_ci_high']:+.1f}]"
             out.append(
                 f"{group} vs {baseline}: {METRIC_LABELS[m]} {100 * d:+.1f} points{ci}; paired t-test over "
-                f"{int(row[f'{m}_pairs'])} seeds, p = {pvalue(row[f'{m}_p'])}."
+                f"{int(row[f'{m}_pairs'])} seeds, p {pv}."
             )
     return out
 
