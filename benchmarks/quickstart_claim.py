@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.study import load_study
 from common import ROOT, emit
 
 
@@ -34,7 +35,7 @@ def main() -> None:
         if run.returncode != 0:
             raise SystemExit(f"bench run exited {run.returncode}")
         subprocess.run([sys.executable, "-m", "bench.cli", "report", args.study], cwd=tmp, check=True)
-        name = Path(args.study).stem
+        name = load_study(args.study).name  # `bench report` writes reports/<study name>/
         table = pd.read_csv(Path(tmp) / "reports" / name / "tables" / "main.csv").set_index("group")
     rows = []
     for metric in ("pseudo_miou", "pseudo_miou_crf", "seg_miou"):

@@ -57,7 +57,7 @@ def test_multiscale_flip_inference_and_torchvision_deeplab():
     assert predict(dl, img, 64, [1.0], False, "cpu").shape == (5, 37, 53)
 
 
-def test_channels_last_deeplab_trains_and_compile_matches_eager(data, monkeypatch):
+def test_channels_last_deeplab_trains_and_compile_matches_eager(data):
     splits, labels = data
     small = splits.train.subset(range(16))
     cfg = SegmentConfig(model="deeplabv3_mobilenet_v3_large", channels_last=True, epochs=1, batch_size=8, crop_size=48)
