@@ -191,7 +191,8 @@ SPLITS = {"voc": ("train_aug", "train", "val"), "coco": ("train2014", "val2014",
 def _split(p: Params, key: str, which: int) -> Cell:
     kind = p.get("data.kind")
     if kind == "synthetic":
-        return Cell(f"synthetic scenes ({p.get('data.n_val' if which else 'data.n_train')} images)", True)
+        stream = "val" if which == 2 else "train"  # pseudo labels are made on the train scenes
+        return Cell(f"synthetic {stream} scenes ({p.get(f'data.n_{stream}')} images)", True)
     split = p.get(f"data.{key}")
     cap = p.opt("data.max_images")
     cap = None if cap == NOT_RECORDED else cap

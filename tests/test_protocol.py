@@ -77,7 +77,8 @@ def test_a_cpu_study_of_today_marks_what_differs_and_what_was_not_recorded():
     assert card.loc["inference size (pseudo labels)", STUDY] == "120 px (15x15 patches), 2.5x the train size"
     assert card.loc["inference size (pseudo labels)", MARK] == ""  # the published ratio
     assert card.loc["train size", MARK] == "differs: vit-pcm"
-    assert card.loc["split trained on", STUDY] == "synthetic scenes (96 images)"
+    assert card.loc["split trained on", STUDY] == card.loc["split scored (pseudo labels)", STUDY] == "synthetic train scenes (96 images)"
+    assert card.loc["split scored (segmentation)", STUDY] == "synthetic val scenes (32 images)"
     assert card.loc["backbone and weights", STUDY] == "vit_tiny_patch16_224 (depth=2, embed_dim=64, patch_size=8), trained from scratch"
     s = protocol_sentence(card, "vit-pcm")
     assert "not recorded by these runs" in s
