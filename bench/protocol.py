@@ -76,7 +76,8 @@ def _g(x: float | None) -> str:
 
 
 def backbone(p: Params) -> Cell:
-    name, file = p.get("model.backbone"), p.get("model.pretrained_file")
+    name, file = p.get("model.backbone"), p.opt("model.pretrained_file")
+    file = None if file == NOT_RECORDED else file  # runs from before the option had no file
     shape = [f"{k}={p.get(f'model.{k}')}" for k in ("depth", "embed_dim", "patch_size") if p.get(f"model.{k}") is not None]
     weights = f"weights from file {file}" if file else ("timm pretrained weights" if p.flag("model.pretrained") else "trained from scratch")
     text = f"{name}{' (' + ', '.join(shape) + ')' if shape else ''}, {weights}"
