@@ -78,6 +78,7 @@ def cmd_run(args) -> int:
     from tkp_pcl.data import load_splits
 
     load_splits(study.data)  # a missing data set is an error before anything is written
+    _check_weights(study)  # so is a model.pretrained_file that is missing or does not fit
     h = runner.open_study(study, storage_url, tracking_uri, create=True)
     h.tracker.ensure_experiment()
     h.tracker.parent_run()
@@ -95,6 +96,18 @@ def cmd_run(args) -> int:
         console.print("waiting for the trials other workers are running ...")
         runner.wait_for_others(h)
     return _summary(h, console)
+
+
+def _check_weights(study) -> None:
+    """Build each distinct backbone that has a ``model.pretrained_file`` once and load the file;
+    raises :class:`tkp_pcl.weights.WeightsError` (one line: the path and the first bad key)."""
+    from tkp_pcl.model import check_pretrained_file
+
+    from .study import search_variant, study_jobs, variant_config
+
+    configs = [j.config for j in study_jobs(study)] or [variant_config(study, search_variant(study))]
+    for model_cfg in {c.model.model_dump_json(): c.model for c in configs}.values():
+        check_pretrained_file(model_cfg)
 
 
 def _summary(h, console) -> int:
@@ -156,6 +169,7 @@ def cmd_worker(args) -> int:
     from . import runner
 
     study, storage_url, tracking_uri = _load(args)
+    _check_weights(study)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         h = runner.open_study(study, storage_url, tracking_uri, create=False)
@@ -256,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     from tkp_pcl.data import DataError
+    from tkp_pcl.weights import WeightsError
 
     from .report_data import ReportError
     from .study import StudyError
@@ -263,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report}
         return commands[args.command](args)
-    except (StudyError, DataError, ReportError) as e:
+    except (StudyError, DataError, ReportError, WeightsError) as e:
         return _err(str(e))
     except KeyboardInterrupt:
         print("bench: interrupted; run the same command again to resume", file=sys.stderr)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import report_plots as plots
+from .protocol import protocol_card, protocol_latex, protocol_sentence
 from .report_data import (
     METRIC_LABELS, ReportError, finished, load_runs, metric_histories, per_class_iou, status_table, summary,
 )  # fmt: skip
@@ -119,6 +120,7 @@ def build(
         blocks.append(("warn", f"Incomplete study: means are over the finished seeds only ({rows})."))
     blocks.append(("p", f"{len(finished(df))} finished trial runs of {len(df)} read from MLflow ({uri}). "
                         "Values are mIoU in %, mean ± sample std over seeds."))  # fmt: skip
+    blocks += protocol_blocks(df, base, out, study_name)
     # main table
     s.reset_index().to_csv(out / "tables" / "main.csv", index=False)
     status.to_csv(out / "tables" / "status.csv")
@@ -171,6 +173,16 @@ def build(
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(render_html(blocks, study_name))
     return out / "report.md"
+
+
+def protocol_blocks(df: pd.DataFrame, baseline: str | None, out: Path, study_name: str) -> list[tuple]:
+    """The "Protocol" section (:mod:`bench.protocol`): the card of the runs' resolved
+    configurations beside ViT-PCM's published protocol; also tables/protocol.csv and .tex."""
+    card = protocol_card(df)
+    card.to_csv(out / "tables" / "protocol.csv")
+    (out / "tables" / "protocol.tex").write_text(protocol_latex(card, study_name.replace("_", r"\_") + ": protocol vs ViT-PCM's published one", f"tab:{study_name}-protocol"))
+    text = protocol_sentence(card, baseline) + " Values are the runs' resolved configurations; 'differs' names the variants that depart from the published value."
+    return [("h2", "Protocol"), ("p", text), ("table", card, card.map(html.escape))]
 
 
 def render_md(blocks: list[tuple], out: Path) -> str:

@@ -32,10 +32,16 @@ def test_report_files(smoke_dir):
     out = smoke_dir / "reports" / "smoke"
     for f in ["report.md", "report.html", "tables/main.csv", "tables/main.tex", "tables/status.csv",
               "tables/per_class_iou.csv", "tables/per_class_iou.tex", "plots/variants.png",
-              "plots/per_class_iou.png", "plots/training_curves.png", "plots/overlays.png"]:  # fmt: skip
+              "plots/per_class_iou.png", "plots/training_curves.png", "plots/overlays.png",
+              "tables/protocol.csv", "tables/protocol.tex"]:  # fmt: skip
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     md = (out / "report.md").read_text()
     assert "paired t-test" in md and "tkp-pcl vs vit-pcm" in md and "Incomplete" not in md
+    assert "## Protocol" in md and "protocol elements differ from ViT-PCM's published protocol" in md
+    card = pd.read_csv(out / "tables" / "protocol.csv", index_col="element", keep_default_na=False)
+    assert card.loc["pooling", "this study"] == "vit-pcm: max; tkp-pcl: topk k_ratio=0.1"
+    assert card.loc["pooling", "mark"] == "differs: tkp-pcl"
+    assert card.loc["train size", "this study"] == "48 px (6x6 patches)"
     for img in re.findall(r"\]\((plots/[^)]+)\)", md):
         assert (out / img).is_file()
 

@@ -21,6 +21,9 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -30,10 +33,15 @@ class ModelConfig(_Strict):
 
     ``depth``, ``embed_dim``, ``num_heads`` and ``patch_size`` override the timm model's own
     values (for small CPU models trained from scratch); ``None`` keeps timm's.
+
+    Weights: ``pretrained_file`` (a timm state dict, ``.pth``/``.pt`` or ``.safetensors``, e.g.
+    on a shared disk; a relative path is taken from the working directory) wins over
+    ``pretrained`` (timm's weights from the Hugging Face cache); neither: trained from scratch.
     """
 
     backbone: str = "vit_tiny_patch16_224"
     pretrained: bool = False
+    pretrained_file: str | None = Field(None, min_length=1)
     img_size: int = Field(64, ge=16, le=1024)
     patch_size: int | None = Field(8, ge=2, le=64)
     depth: int | None = Field(4, ge=1, le=48)
@@ -55,6 +63,8 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})"
             )
+        if self.pretrained_file is not None and not self.pretrained_file.lower().endswith(WEIGHT_SUFFIXES):
+            raise ValueError(f"pretrained_file must end in {', '.join(WEIGHT_SUFFIXES)} (got {self.pretrained_file!r})")
         return self
 
 
@@ -113,9 +123,12 @@ class CRFConfig(_Strict):
 
 
 class PseudoConfig(_Strict):
-    """Patch maps -> pseudo labels. ``input_size`` None predicts at the training size."""
+    """Patch maps -> pseudo labels. ``input_size``: the side in px images are resized to for
+    prediction (ViT-PCM: 960 for a model trained at 384); the ViT's position embeddings are
+    resampled to that grid; a multiple of the patch size; None predicts at ``model.img_size``.
+    Labels are made at each image's own resolution either way."""
 
-    input_size: int | None = Field(None, ge=16)
+    input_size: int | None = Field(None, ge=16, le=4096)
     crf: CRFConfig = Field(default_factory=CRFConfig)
     workers: int = Field(2, ge=1)
 
@@ -164,6 +177,13 @@ class MethodConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
+
+    @model_validator(mode="after")
+    def _pseudo_size_in_patches(self) -> "MethodConfig":
+        size, patch = self.pseudo.input_size, self.model.patch_size
+        if size is not None and patch is not None and size % patch:
+            raise ValueError(f"pseudo.input_size ({size}) must be a multiple of model.patch_size ({patch})")
+        return self
 
 
 class SyntheticDataConfig(_Strict):
