@@ -83,7 +83,8 @@ def test_crop_size_and_draws_follow_vitpcm():
     assert 0.25 < cropped.float().mean() < 0.35
     assert crops[cropped, :2].max() <= 16 and (crops[~cropped] == 0).all()
     constant = torch.full((2, 3, 32, 32), 0.25)
-    torch.testing.assert_close(crop_resize(constant, torch.tensor([[1, 2, 3], [0, 0, 0]]), 8, 16), constant[..., :16, :16])
+    resized = crop_resize(constant, torch.tensor([[1, 2, 3], [0, 0, 0]]), 8, 16)
+    torch.testing.assert_close(resized, constant[..., :16, :16])
 
 
 def test_loss_is_zero_when_the_student_sees_the_moved_teacher_and_log_c_when_uniform():

@@ -11,7 +11,6 @@ against the student's probabilities in the matching mosaic cell.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .augment import apply_flips, crop_resize, invert_flips, unmosaic

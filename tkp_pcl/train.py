@@ -93,7 +93,9 @@ def monitor_miou(model: PatchClassifier, split: Split, cfg: MethodConfig, device
 def _make_loader(data: Dataset, tc: TrainConfig, gen: torch.Generator, workers: int, device) -> DataLoader:
     """Shuffled batches; under DDP each rank its share (DistributedSampler, ``drop_last``)."""
     is_dist, rank, world = distributed()
-    sampler = DistributedSampler(data, world, rank, shuffle=True, seed=tc.seed, drop_last=True) if is_dist else None
+    sampler = None
+    if is_dist:
+        sampler = DistributedSampler(data, world, rank, shuffle=True, seed=tc.seed, drop_last=True)
     return DataLoader(
         data, batch_size=tc.batch_size, shuffle=sampler is None, sampler=sampler,
         drop_last=len(data) >= tc.batch_size * world, generator=gen, num_workers=workers,
@@ -115,7 +117,9 @@ def _enter_phase(model: PatchClassifier, phase: str, tc: TrainConfig, steps: int
     return net, opt, build_scheduler(opt, phase, tc, steps)
 
 
-def _train_epoch(net, model, loader, opt, sched, scaler, cfg: MethodConfig, epoch: int, gen, device, amp) -> tuple[torch.Tensor, int]:
+def _train_epoch(
+    net, model, loader, opt, sched, scaler, cfg: MethodConfig, epoch: int, gen, device, amp
+) -> tuple[torch.Tensor, int]:
     """One pass over ``loader``; returns (sums of the :data:`LOSS_TERMS` over images, images)."""
     tc, lc = cfg.train, cfg.loss
     is_dist = distributed()[0]
@@ -125,11 +129,16 @@ def _train_epoch(net, model, loader, opt, sched, scaler, cfg: MethodConfig, epoc
     for step, (images, labels) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        terms = stage1_loss(net, images, labels, cfg, gen, use_pce, model=model, autocast=amp, every_param_in_graph=is_dist)
+        terms = stage1_loss(
+            net, images, labels, cfg, gen, use_pce, model=model, autocast=amp, every_param_in_graph=is_dist
+        )
         parts = torch.stack(list(terms.values())).detach().double().cpu()
         if not torch.isfinite(parts).all():
-            detail = " ".join(f"{k.removeprefix('loss_') if k != 'loss' else 'total'}={v:.4g}" for k, v in zip(LOSS_TERMS, parts))
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {step}: {detail} (lr={sched.get_last_lr()[0]:.3g})")
+            names = ["total", *(k.removeprefix("loss_") for k in LOSS_TERMS[1:])]
+            detail = " ".join(f"{k}={v:.4g}" for k, v in zip(names, parts))
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch} step {step}: {detail} (lr={sched.get_last_lr()[0]:.3g})"
+            )
         opt.zero_grad(set_to_none=True)
         scaler.scale(terms["loss"]).backward()
         if tc.grad_clip:
@@ -201,12 +210,14 @@ def train_stage1(
         torch.cuda.set_device(device)
     gen = seed_everything(tc.seed)
     model = (model or PatchClassifier(cfg.model, splits.train.num_classes)).to(device)
-    loader = _make_loader(ImageLabelDataset(splits.train, cfg.model.img_size), tc, gen, splits.loader_workers, device)
+    data = ImageLabelDataset(splits.train, cfg.model.img_size)
+    loader = _make_loader(data, tc, gen, splits.loader_workers, device)
     use_amp, amp_dtype, scaler = amp_setup(tc.amp, device)
     monitor = splits.val.subset(range(min(tc.monitor_images, len(splits.val))))
 
     history: list[dict[str, float]] = []
-    state = load_checkpoint(checkpoint_path) if checkpoint_path is not None and Path(checkpoint_path).is_file() else None
+    resume = checkpoint_path is not None and Path(checkpoint_path).is_file()
+    state = load_checkpoint(checkpoint_path) if resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         gen.set_state(state["generator"])
@@ -219,7 +230,7 @@ def train_stage1(
         opt.load_state_dict(state["optimizer"])  # a new phase starts a fresh optimizer instead
         sched.load_state_dict(state["scheduler"])
 
-    bar = tqdm(range(start_epoch, tc.epochs), desc="stage 1", disable=not progress or rank > 0, unit="epoch")
+    bar = tqdm(range(start_epoch, tc.epochs), desc="stage 1", unit="epoch", disable=not progress or rank > 0)
     for epoch in bar:
         if phase_of(epoch, tc) != phase:
             phase = phase_of(epoch, tc)
@@ -227,7 +238,8 @@ def train_stage1(
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        sums, n_img = _train_epoch(net, model, loader, opt, sched, scaler, cfg, epoch, gen, device, (use_amp, amp_dtype))
+        amp = (use_amp, amp_dtype)
+        sums, n_img = _train_epoch(net, model, loader, opt, sched, scaler, cfg, epoch, gen, device, amp)
         train_time = time.perf_counter() - t0
         metrics = dict(zip(LOSS_TERMS, (sums / max(n_img, 1)).tolist()))
         metrics.update({
