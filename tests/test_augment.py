@@ -128,3 +128,14 @@ def test_colour_jitter_is_reproducible_and_changes_colours():
     b = color_jitter(x, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and not torch.equal(a, x) and a.min() >= 0 and a.max() <= 1
     assert torch.equal(color_jitter(x, torch.Generator(), p=0.0), x)
+
+
+def test_vitpcm_form_refuses_an_odd_patch_grid():
+    from tkp_pcl.config import LossConfig, MethodConfig, ModelConfig
+
+    with pytest.raises(ValueError, match="must be even"):
+        MethodConfig(model=ModelConfig(img_size=40, patch_size=8), loss=LossConfig(eq_form="vitpcm"))
+    with pytest.raises(ValueError, match="even side"):
+        mosaic_equivariance_loss(torch.rand(1, 9, 2), torch.rand(1, 9, 2), torch.ones(1, 2), (3, 3),
+                                 *[torch.zeros(1, 3, dtype=torch.bool)] * 1, torch.zeros(1, 3, dtype=torch.long),
+                                 torch.zeros(1, 3, dtype=torch.bool))  # fmt: skip

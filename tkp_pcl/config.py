@@ -199,6 +199,16 @@ class MethodConfig(_Strict):
     pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
 
+    @model_validator(mode="after")
+    def _vitpcm_needs_even_grid(self) -> "MethodConfig":
+        m = self.model
+        if self.loss.eq_form == "vitpcm" and m.patch_size and (m.img_size // m.patch_size) % 2:
+            raise ValueError(
+                f"loss.eq_form vitpcm packs half-size views into 2x2 mosaics: the patch grid "
+                f"(img_size / patch_size = {m.img_size // m.patch_size}) must be even"
+            )
+        return self
+
 
 class SyntheticDataConfig(_Strict):
     """The procedural scenes of :mod:`tkp_pcl.data.synthetic`."""
