@@ -120,3 +120,15 @@ def test_frozen_parameters_stay_bit_identical_and_resume_continues(splits, tmp_p
                            model=PatchClassifier(SMALL, splits.train.num_classes))  # fmt: skip
     assert resumed.history[1]["loss"] == pytest.approx(h[1]["loss"], rel=1e-5)
     assert all(torch.equal(p, params[n]) for n, p in resumed.model.named_parameters())
+
+
+def test_colour_jitter_with_the_flip_form_is_reproducible():
+    cfg = MethodConfig(model=SMALL, train=TrainConfig(color_jitter=True))
+    model = PatchClassifier(SMALL, 5).eval()  # no dropout: only the jitter draws vary
+    images = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([[1.0, 0, 1, 0, 0]]).repeat(4, 1)
+    a = stage1_loss(model, images, labels, cfg, torch.Generator().manual_seed(0), use_pce=True)
+    b = stage1_loss(model, images, labels, cfg, torch.Generator().manual_seed(0), use_pce=True)
+    c = stage1_loss(model, images, labels, cfg, torch.Generator().manual_seed(1), use_pce=True)
+    assert a["loss"].item() == b["loss"].item() != c["loss"].item()
+    assert all(torch.isfinite(v) for v in a.values())
