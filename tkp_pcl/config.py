@@ -49,6 +49,9 @@ class ModelConfig(_Strict):
     num_heads: int | None = Field(4, ge=1, le=32)
     hv_bilstm: bool = False
     lstm_hidden: int = Field(64, ge=4)
+    lstm_dropout: float = Field(0.0, ge=0, lt=1)
+    """HV-BiLSTM dropout as ViT-PCM's: on its input, and on each LSTM's input with one mask per
+    sequence (Keras ``LSTM(dropout=)``); 0 = none (ViT-PCM: 0.2)."""
     dropout: float = Field(0.2, ge=0, lt=1)
     proj_dim: int = Field(64, ge=4, le=1024)
 
@@ -78,10 +81,23 @@ class PoolingConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """Weights and forms of the three terms: image BCE, flip equivariance, PCE."""
+    """Weights and forms of the terms: image BCE, equivariance, PCE, classifier L2.
+
+    ``eq_form``: ``flip`` (each batch and its mirror in one forward, each the other's target) or
+    ``vitpcm`` (ViT-PCM's: an eval-mode teacher on view 1, the student on 2x2 mosaics of
+    half-size views with their own flips, transpose and patch-aligned crop; see
+    :mod:`tkp_pcl.equivariance`).
+    """
 
     cls_weight: float = Field(1.0, ge=0)
     eq_weight: float = Field(1.0, ge=0)
+    eq_form: Literal["flip", "vitpcm"] = "flip"
+    eq_crop_prob: float = Field(0.3, ge=0, le=1)
+    """``vitpcm`` only: probability of the patch-aligned crop of view 2 (ViT-PCM: 0.3 on VOC,
+    0 on COCO); the crop side is 128/384 of the image, in whole patches."""
+    cls_l2: float = Field(0.0, ge=0)
+    """L2 penalty ``cls_l2 * sum(W**2)`` on the classifier's weights as a loss term (ViT-PCM:
+    0.01, logged as ``loss_l2``)."""
     pce_weight: float = Field(0.1, ge=0)
     pce_form: Literal["infonce", "margin"] = "infonce"
     pce_temperature: float = Field(0.1, gt=0)
@@ -99,6 +115,18 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    """``adamw``: decoupled ``weight_decay``; ``adam``: plain Adam, no weight decay at all."""
+    frozen_epochs: int = Field(0, ge=0)
+    """Warm-up epochs with the whole backbone frozen at a constant ``frozen_lr`` (ViT-PCM: 1 at
+    1e-3); ``lr``, ``schedule`` and ``warmup_epochs`` apply to the epochs after them, with a
+    fresh optimizer."""
+    frozen_lr: float = Field(1e-3, gt=0)
+    trainable_blocks: int | None = Field(None, ge=0)
+    """After the frozen epochs, train only the backbone's last N transformer blocks and its final
+    norm (ViT-PCM: 5); ``None`` trains the whole backbone."""
+    color_jitter: bool = False
+    """ViT-PCM's colour jitter on every view: brightness, contrast, saturation, hue, p 0.5 each."""
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
@@ -108,6 +136,12 @@ class TrainConfig(_Strict):
     seed: int = 0
     monitor_images: int = Field(64, ge=0)
     num_threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _frozen_fewer_than_epochs(self) -> "TrainConfig":
+        if self.frozen_epochs >= self.epochs:
+            raise ValueError(f"frozen_epochs ({self.frozen_epochs}) must be < epochs ({self.epochs})")
+        return self
 
 
 class CRFConfig(_Strict):
@@ -183,6 +217,16 @@ class MethodConfig(_Strict):
         size, patch = self.pseudo.input_size, self.model.patch_size
         if size is not None and patch is not None and size % patch:
             raise ValueError(f"pseudo.input_size ({size}) must be a multiple of model.patch_size ({patch})")
+        return self
+
+    @model_validator(mode="after")
+    def _vitpcm_needs_even_grid(self) -> "MethodConfig":
+        m = self.model
+        if self.loss.eq_form == "vitpcm" and m.patch_size and (m.img_size // m.patch_size) % 2:
+            raise ValueError(
+                f"loss.eq_form vitpcm packs half-size views into 2x2 mosaics: the patch grid "
+                f"(img_size / patch_size = {m.img_size // m.patch_size}) must be even"
+            )
         return self
 
 

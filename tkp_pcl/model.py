@@ -27,22 +27,40 @@ class PatchOutput:
     grid: tuple[int, int]
 
 
+def sequence_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout with one mask per sequence, the same at every step: (n, L, d) -> (n, L, d). What
+    Keras' ``LSTM(dropout=p)`` applies to an LSTM's inputs (PyTorch's ``nn.LSTM(dropout=)`` acts
+    only between stacked layers)."""
+    if not training or p == 0:
+        return x
+    return x * F.dropout(x.new_ones(x.shape[0], 1, x.shape[2]), p, training=True)
+
+
 class HVBiLSTM(nn.Module):
     """ViT-PCM's patch conditioning: a BiLSTM along rows and one along columns, concatenated.
 
     (B, h, w, D) -> (B, h, w, D); when 4 * hidden != D a linear layer maps back to D.
+    ``dropout`` as ViT-PCM's (``Dropout(p)`` on the input, then ``LSTM(dropout=p)``): element-wise
+    dropout on the input, then each LSTM's input sequences get their own per-sequence mask
+    (:func:`sequence_dropout`). No dropout on the output here: the classifier's own dropout
+    (``model.dropout``) follows, as in ViT-PCM.
     """
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.rows = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
         self.cols = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
         self.out = nn.Identity() if 4 * hidden == dim else nn.Linear(4 * hidden, dim)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.p = dropout
 
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, d = x.shape
-        rows, _ = self.rows(x.reshape(b * h, w, d))
-        cols, _ = self.cols(x.transpose(1, 2).reshape(b * w, h, d))
+        x = self.drop(x)
+        rows = sequence_dropout(x.reshape(b * h, w, d), self.p, self.training)
+        cols = sequence_dropout(x.transpose(1, 2).reshape(b * w, h, d), self.p, self.training)
+        rows, _ = self.rows(rows)
+        cols, _ = self.cols(cols)
         rows = rows.reshape(b, h, w, -1)
         cols = cols.reshape(b, w, h, -1).transpose(1, 2)
         return self.out(torch.cat([rows, cols], dim=-1))
@@ -117,7 +135,7 @@ class PatchClassifier(nn.Module):
         self.grid: tuple[int, int] = tuple(self.backbone.patch_embed.grid_size)
         self.patch: tuple[int, int] = tuple(self.backbone.patch_embed.patch_size)
         self.num_prefix = getattr(self.backbone, "num_prefix_tokens", 1)
-        self.condition = HVBiLSTM(dim, cfg.lstm_hidden) if cfg.hv_bilstm else nn.Identity()
+        self.condition = HVBiLSTM(dim, cfg.lstm_hidden, cfg.lstm_dropout) if cfg.hv_bilstm else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(dim, num_classes, bias=False)
         self.projection = nn.Sequential(
