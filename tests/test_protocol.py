@@ -69,7 +69,8 @@ def test_a_cpu_study_of_today_marks_what_differs_and_what_was_not_recorded():
              "pseudo.input_size": 120, "train.epochs": 2, "train.batch_size": 32, "train.lr": 0.002, "segment.model": "vit_decoder"}  # fmt: skip
     syn = {"kind": "synthetic", "seed": 0, "n_train": 96, "n_val": 32, "size": 48}
     runs = pd.DataFrame([run("vit-pcm", small, new_keys=None, data=syn)]).rename(columns={"tags.bench.variant": "variant"})
-    runs = runs.drop(columns=["params.model.pretrained_file"])  # a run from before the option
+    before = ["params.model.pretrained_file", *(f"params.{k}" for k in NEW_KEYS)]  # runs from before these options
+    runs = runs.drop(columns=[c for c in before if c in runs])
     card = protocol_card(runs)
     assert card.loc["backbone-frozen warm-up", STUDY] == NOT_RECORDED
     assert card.loc["backbone-frozen warm-up", MARK] == "not recorded"
