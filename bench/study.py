@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from tkp_pcl.config import DataConfig, MethodConfig
 
 
-DATA_KINDS = ("synthetic", "voc")
+DATA_KINDS = ("synthetic", "voc", "coco")
 
 
 class StudyError(ValueError):
@@ -229,67 +229,36 @@ def load_study(path: str | Path) -> Study:
     try:
         study_jobs(study)  # every variant, grid point and search space resolves
         _check_search(study)
+        check_stage2_overlap(study)
     except StudyError as e:
         raise StudyError(f"{path}: {e}") from None
     return study
 
 
-def parse_data(raw: dict[str, Any]):
-    return TypeAdapter(DataConfig).validate_python(raw)
+def check_stage2_overlap(study: Study) -> None:
+    """Refuse a study whose stage-2 training images (``data.seg_train_split``) include images
+    its segmentation is scored on (``data.val_split``), by id. Skipped while the data set is
+    missing: loading it for the run is then the error."""
+    from tkp_pcl.data import DataError, seg_train_split_name, split_ids
 
-
-def variant_config(study: Study, variant: str) -> MethodConfig:
-    validate_method(study.base, "base")
-    return validate_method(merge(study.base, study.variants[variant]), f"variants.{variant}")
-
-
-def study_jobs(study: Study) -> list[Job]:
-    """Every (variant x grid point x seed) of a study without a search, in a stable order."""
-    if study.search is not None:
-        return []
-    axes = list(study.grid.items())
-    for k, values in axes:
-        if not values:
-            raise StudyError(f"grid.{k}: needs at least one value")
-    jobs = []
-    for variant in study.variants:
-        base = merge(study.base, study.variants[variant])
-        variant_config(study, variant)
-        for point in itertools.product(*(v for _, v in axes)):
-            gp = tuple(zip((k for k, _ in axes), point))
-            raw = merge(base, dict(gp))
-            cfg = validate_method(raw, "grid" if gp else f"variants.{variant}")
-            for seed in study.seeds:
-                c = cfg.model_copy(deep=True)
-                c.train.seed = seed
-                key = "|".join([variant, *(f"{k}={v}" for k, v in gp), f"seed={seed}"])
-                jobs.append(Job(key, variant, seed, gp, c))
-    return jobs
-
-
-def _check_search(study: Study) -> None:
-    s = study.search
-    if s is None:
+    data = study.data
+    if data.kind == "synthetic" or not _stage2_enabled(study):
         return
-    variant = s.variant or next(iter(study.variants))
-    if variant not in study.variants:
-        raise StudyError(f"search.variant: {variant!r} is not a variant; variants: {', '.join(study.variants)}")
-    base = merge(study.base, study.variants[variant])
-    for path, spec in s.space.items():
-        probe = spec.choices[0] if isinstance(spec, CategoricalParam) else spec.low
-        validate_method(merge(base, {path: probe}), f"search.space.{path}")
-        if path not in flatten(MethodConfig().model_dump()):
-            raise StudyError(f"search.space.{path}: not a configuration value")
+    name = seg_train_split_name(data)
+    try:
+        train, val = split_ids(data, name), split_ids(data, data.val_split)
+    except DataError:
+        return
+    common = sorted(set(train) & set(val))
+    if common:
+        key = "data.seg_train_split" + ("" if data.seg_train_split else f" (= data.train_split {name!r})")
+        raise StudyError(
+            f"{key}: {len(common)} images also in data.val_split {data.val_split!r} (e.g. {common[0]}); "
+            "stage 2 must not train on the images it is scored on: set data.seg_train_split to another split"
+        )
 
 
-def search_variant(study: Study) -> str:
-    assert study.search is not None
-    return study.search.variant or next(iter(study.variants))
-
-
-def job_config_for_search(study: Study, params: dict[str, Any]) -> MethodConfig:
-    """The configuration of a search trial: the searched variant with the sampled values."""
-    variant = search_variant(study)
-    cfg = validate_method(merge(merge(study.base, study.variants[variant]), params), "search")
-    cfg.train.seed = study.search.seed
-    return cfg
+def _stage2_enabled(study: Study) -> bool:
+    if study.search is not None:
+        return variant_config(study, search_variant(study)).segment.enabled
+    return any(job.config.segment.enabled for job in study_jobs(study))

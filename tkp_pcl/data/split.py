@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -69,3 +69,21 @@ class Split:
             lambda j: self.load_mask(idx[j]),
             labels,
         )
+
+
+def unscored(split: Split) -> Split:
+    """``split`` with every mask all-ignore (255) at its image's size: for writing pseudo labels
+    of images that have no mask (or are not to be scored) without reading any mask. Needs the
+    image labels: taken from ``split`` (computed there once)."""
+    shapes: dict[int, tuple[int, int]] = {}
+
+    def load_image(i: int) -> np.ndarray:
+        image = split.load_image(i)
+        shapes[i] = image.shape[:2]
+        return image
+
+    def load_mask(i: int) -> np.ndarray:
+        shape = shapes.pop(i) if i in shapes else split.load_image(i).shape[:2]
+        return np.full(shape, IGNORE_INDEX, np.uint8)
+
+    return replace(split, load_image=load_image, load_mask=load_mask, _labels=split.all_labels())

@@ -47,14 +47,25 @@ def _read_mask(path: Path) -> np.ndarray:
     return ids[inv].reshape(flat.shape)
 
 
-def voc_split(root: str | Path, split: str, mask_dir: str = "auto", max_images: int | None = None) -> Split:
-    """The VOC split ``split`` (``train``, ``train_aug``, ``val``, ...) under ``root``."""
-    root = Path(root).expanduser()
+def _list_file(root: Path, split: str) -> Path:
     if not root.is_dir():
         raise DataError(f"VOC root {root} does not exist; {DOWNLOAD_HINT}")
     list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not list_file.is_file():
         raise DataError(f"VOC split file {list_file} does not exist; {DOWNLOAD_HINT}")
+    return list_file
+
+
+def voc_ids(root: str | Path, split: str) -> list[str]:
+    """The image ids listed in ``ImageSets/Segmentation/<split>.txt``."""
+    list_file = _list_file(Path(root).expanduser(), split)
+    return [ln.split()[0] for ln in list_file.read_text().splitlines() if ln.strip()]
+
+
+def voc_split(root: str | Path, split: str, mask_dir: str = "auto", max_images: int | None = None) -> Split:
+    """The VOC split ``split`` (``train``, ``train_aug``, ``val``, ...) under ``root``."""
+    root = Path(root).expanduser()
+    list_file = _list_file(root, split)
     if mask_dir == "auto":
         aug = root / "SegmentationClassAug"
         mask_dir = "SegmentationClassAug" if aug.is_dir() else "SegmentationClass"
@@ -63,7 +74,7 @@ def voc_split(root: str | Path, split: str, mask_dir: str = "auto", max_images: 
     for d in (images, masks):
         if not d.is_dir():
             raise DataError(f"VOC folder {d} does not exist; {DOWNLOAD_HINT}")
-    ids = [ln.split()[0] for ln in list_file.read_text().splitlines() if ln.strip()]
+    ids = voc_ids(root, split)
     if max_images is not None:
         ids = ids[:max_images]
     missing = [i for i in ids[:50] if not (images / f"{i}.jpg").is_file()]
