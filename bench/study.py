@@ -262,3 +262,64 @@ def _stage2_enabled(study: Study) -> bool:
     if study.search is not None:
         return variant_config(study, search_variant(study)).segment.enabled
     return any(job.config.segment.enabled for job in study_jobs(study))
+
+
+def parse_data(raw: dict[str, Any]):
+    return TypeAdapter(DataConfig).validate_python(raw)
+
+
+def variant_config(study: Study, variant: str) -> MethodConfig:
+    validate_method(study.base, "base")
+    return validate_method(merge(study.base, study.variants[variant]), f"variants.{variant}")
+
+
+def study_jobs(study: Study) -> list[Job]:
+    """Every (variant x grid point x seed) of a study without a search, in a stable order."""
+    if study.search is not None:
+        return []
+    axes = list(study.grid.items())
+    for k, values in axes:
+        if not values:
+            raise StudyError(f"grid.{k}: needs at least one value")
+    jobs = []
+    for variant in study.variants:
+        base = merge(study.base, study.variants[variant])
+        variant_config(study, variant)
+        for point in itertools.product(*(v for _, v in axes)):
+            gp = tuple(zip((k for k, _ in axes), point))
+            raw = merge(base, dict(gp))
+            cfg = validate_method(raw, "grid" if gp else f"variants.{variant}")
+            for seed in study.seeds:
+                c = cfg.model_copy(deep=True)
+                c.train.seed = seed
+                key = "|".join([variant, *(f"{k}={v}" for k, v in gp), f"seed={seed}"])
+                jobs.append(Job(key, variant, seed, gp, c))
+    return jobs
+
+
+def _check_search(study: Study) -> None:
+    s = study.search
+    if s is None:
+        return
+    variant = s.variant or next(iter(study.variants))
+    if variant not in study.variants:
+        raise StudyError(f"search.variant: {variant!r} is not a variant; variants: {', '.join(study.variants)}")
+    base = merge(study.base, study.variants[variant])
+    for path, spec in s.space.items():
+        probe = spec.choices[0] if isinstance(spec, CategoricalParam) else spec.low
+        validate_method(merge(base, {path: probe}), f"search.space.{path}")
+        if path not in flatten(MethodConfig().model_dump()):
+            raise StudyError(f"search.space.{path}: not a configuration value")
+
+
+def search_variant(study: Study) -> str:
+    assert study.search is not None
+    return study.search.variant or next(iter(study.variants))
+
+
+def job_config_for_search(study: Study, params: dict[str, Any]) -> MethodConfig:
+    """The configuration of a search trial: the searched variant with the sampled values."""
+    variant = search_variant(study)
+    cfg = validate_method(merge(merge(study.base, study.variants[variant]), params), "search")
+    cfg.train.seed = study.search.seed
+    return cfg
