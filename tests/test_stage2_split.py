@@ -10,7 +10,7 @@ from bench.cli import main
 from bench.study import StudyError, load_study
 from helpers import write_study
 from tkp_pcl.config import ModelConfig, PseudoConfig, VOCDataConfig
-from tkp_pcl.data import Split, load_splits, seg_train_split_name, unscored
+from tkp_pcl.data import DataError, Split, load_splits, seg_train_split_name, unscored
 from tkp_pcl.model import PatchClassifier
 from tkp_pcl.pseudo import make_pseudo_labels
 
@@ -62,3 +62,27 @@ def test_stage2_training_on_scored_images_is_refused(tmp_path, monkeypatch, caps
     no_stage2 = write_study(tmp_path / "ok.yaml", {"base.segment.enabled": False},
                             data={"kind": "voc", "root": str(root), **data})  # fmt: skip
     load_study(no_stage2)  # pseudo labels scored on val are allowed (ViT-PCM's val numbers)
+
+
+def test_voc_image_without_a_mask_gets_labels_from_its_xml_and_a_pseudo_label(voc_root, tmp_path):
+    from tkp_pcl.data.voc import voc_split
+
+    root, _ = voc_root
+    Image.fromarray(np.full((30, 44, 3), 120, np.uint8)).save(root / "JPEGImages" / "2010_000005.jpg")
+    (root / "Annotations").mkdir()
+    (root / "Annotations" / "2010_000005.xml").write_text(
+        "<annotation><filename>2010_000005.jpg</filename><object><name>dog</name><difficult>0</difficult>"
+        "</object><object><name>person</name></object><object><name>dog</name></object></annotation>"
+    )
+    lst = root / "ImageSets" / "Segmentation" / "train_aug.txt"
+    lst.write_text(lst.read_text() + "2010_000005\n")
+    split = voc_split(root, "train_aug")
+    k = split.ids.index("2010_000005")
+    assert sorted(np.flatnonzero(split.labels(k))) == [0, 12, 15]  # background, dog, person
+    assert sorted(np.flatnonzero(split.labels(0))) == [0, 5, 9, 11, 15]  # from the real image's mask
+    model = PatchClassifier(ModelConfig(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2), 21)
+    make_pseudo_labels(model, unscored(split.subset([k])), PseudoConfig(workers=1), out_dir=tmp_path, progress=False)
+    assert np.asarray(Image.open(tmp_path / "pseudo_crf" / "2010_000005.png")).shape == (30, 44)
+    (root / "Annotations" / "2010_000005.xml").write_text("<annotation><object><name>unicorn</name></object></annotation>")
+    with pytest.raises(DataError, match="2010_000005.xml names unknown classes"):
+        voc_split(root, "train_aug").all_labels()

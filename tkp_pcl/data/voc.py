@@ -3,11 +3,13 @@
 ``root`` holds ``JPEGImages/*.jpg``, ``SegmentationClass/*.png`` (palette PNGs) and/or SBD's
 ``SegmentationClassAug/*.png`` (greyscale class ids), and ``ImageSets/Segmentation/<split>.txt``
 (one image id a line). 255 in a mask is the boundary/ignore label. Image-level labels are derived
-from the masks.
+from the masks, or, for an image without a mask (train_aug without SBD's masks), from its
+``Annotations/<id>.xml`` objects.
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -90,4 +92,22 @@ def voc_split(root: str | Path, split: str, mask_dir: str = "auto", max_images: 
             raise DataError(f"VOC mask {p} does not exist")
         return _read_mask(p)
 
-    return Split(f"voc-{split}", VOC_CLASSES, ids, load_image, load_mask)
+    def load_classes(i: int) -> np.ndarray:
+        p, xml = masks / f"{ids[i]}.png", root / "Annotations" / f"{ids[i]}.xml"
+        if p.is_file() or not xml.is_file():
+            return np.unique(load_mask(i))
+        return xml_classes(xml)
+
+    return Split(f"voc-{split}", VOC_CLASSES, ids, load_image, load_mask, load_classes=load_classes)
+
+
+def xml_classes(path: Path) -> np.ndarray:
+    """Class ids of the objects named in a VOC annotation XML (background included)."""
+    try:
+        names = [o.findtext("name", "").strip() for o in ET.parse(path).getroot().iter("object")]
+    except ET.ParseError as e:
+        raise DataError(f"VOC annotation {path} is not valid XML: {e}") from None
+    unknown = sorted(set(names) - set(VOC_CLASSES[1:]))
+    if unknown:
+        raise DataError(f"VOC annotation {path} names unknown classes {unknown}")
+    return np.array(sorted({0, *(VOC_CLASSES.index(n) for n in names)}), np.uint8)
