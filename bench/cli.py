@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
+    data = sub.add_parser("data", help="prepare data sets").add_subparsers(dest="data_command", required=True)
+    cm = data.add_parser("coco-masks", help="class-id mask PNGs from COCO instance annotations (as ViT-PCM)")
+    cm.add_argument("--instances", required=True, help="annotations/instances_{train,val}2014.json")
+    cm.add_argument("--out", required=True, help="output folder, e.g. ROOT/SegmentationClass/train2014")
+    cm.add_argument("--min-side", type=int, default=256, help="leave out images smaller than this on a side (256)")
     return p
 
 
@@ -255,6 +260,15 @@ def cmd_ui(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from tkp_pcl.data.coco_convert import write_coco_masks
+
+    s = write_coco_masks(args.instances, args.out, min_side=args.min_side)
+    print(f"{s.written} masks written to {args.out}; left out: {s.too_small} smaller than {args.min_side} px "
+          f"on a side, {s.empty} without object pixels")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
@@ -276,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     from .study import StudyError
 
     try:
-        commands = {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report}
+        commands = {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}
         return commands[args.command](args)
     except (StudyError, DataError, ReportError, WeightsError) as e:
         return _err(str(e))

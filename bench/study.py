@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from tkp_pcl.config import DataConfig, MethodConfig
 
 
-DATA_KINDS = ("synthetic", "voc")
+DATA_KINDS = ("synthetic", "voc", "coco")
 
 
 class StudyError(ValueError):
@@ -229,9 +229,39 @@ def load_study(path: str | Path) -> Study:
     try:
         study_jobs(study)  # every variant, grid point and search space resolves
         _check_search(study)
+        check_stage2_overlap(study)
     except StudyError as e:
         raise StudyError(f"{path}: {e}") from None
     return study
+
+
+def check_stage2_overlap(study: Study) -> None:
+    """Refuse a study whose stage-2 training images (``data.seg_train_split``) include images
+    its segmentation is scored on (``data.val_split``), by id. Skipped while the data set is
+    missing: loading it for the run is then the error."""
+    from tkp_pcl.data import DataError, seg_train_split_name, split_ids
+
+    data = study.data
+    if data.kind == "synthetic" or not _stage2_enabled(study):
+        return
+    name = seg_train_split_name(data)
+    try:
+        train, val = split_ids(data, name), split_ids(data, data.val_split)
+    except DataError:
+        return
+    common = sorted(set(train) & set(val))
+    if common:
+        key = "data.seg_train_split" + ("" if data.seg_train_split else f" (= data.train_split {name!r})")
+        raise StudyError(
+            f"{key}: {len(common)} images also in data.val_split {data.val_split!r} (e.g. {common[0]}); "
+            "stage 2 must not train on the images it is scored on: set data.seg_train_split to another split"
+        )
+
+
+def _stage2_enabled(study: Study) -> bool:
+    if study.search is not None:
+        return variant_config(study, search_variant(study)).segment.enabled
+    return any(job.config.segment.enabled for job in study_jobs(study))
 
 
 def parse_data(raw: dict[str, Any]):

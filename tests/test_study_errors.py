@@ -75,7 +75,7 @@ def test_shipped_studies_are_valid():
         counts[study.name] = len(study_jobs(study)) or study.search.n_trials
     assert counts["quickstart"] == 12 and counts["smoke"] == 2
     assert counts["ablation_k"] == 18 and counts["ablation_pce"] == 30 and counts["search"] == 30
-    assert counts["voc2012"] == 4
+    assert counts["voc2012"] == 4 and counts["coco2014"] == 4
 
 
 def test_voc2012_study_without_the_data_names_the_missing_path(tmp_path, monkeypatch, capsys):

@@ -171,19 +171,32 @@ class SegmentConfig(_Strict):
     """Stage 2: a segmentation network trained on the pseudo labels, scored on val masks.
 
     ``vit_decoder``: a timm ViT shaped like ``model`` (fresh weights) with a linear per-patch
-    decoder, upsampled; ``deeplabv3_mobilenet_v3_large`` / ``deeplabv3_resnet50``: torchvision's
-    DeepLabv3 (``weights=None``; ``pretrained_backbone`` loads ImageNet weights where present).
+    decoder, upsampled; ``deeplabv3_mobilenet_v3_large`` / ``deeplabv3_resnet50`` /
+    ``deeplabv3_resnet101``: torchvision's DeepLabv3 (``weights=None``; ``pretrained_backbone``
+    loads ImageNet weights where present). ``optimizer``: ``adamw`` or ``sgd`` (momentum
+    ``momentum``, as DeepLab), both with the poly schedule; ``head_lr_mult`` multiplies the lr of
+    the decoder head (DeepLab: 10). Scale 1 is the image's own size, in training (random scale in
+    [``scale_min``, ``scale_max``], then a ``crop_size`` crop) and in evaluation (each of
+    ``eval_scales``, aspect kept, logits resized back to H x W and averaged, with flips where
+    ``eval_flip``).
     ``amp`` (CUDA: bf16, or fp16 with a GradScaler), ``channels_last`` (helps the convolutions of
     DeepLab, not a ViT) and ``compile`` (``torch.compile`` of the training forward) are speed
     options that leave the result's meaning unchanged.
     """
 
     enabled: bool = False
-    model: Literal["vit_decoder", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50"] = "vit_decoder"
+    model: Literal["vit_decoder", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101"] = (
+        "vit_decoder"
+    )
     pretrained_backbone: bool = False
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(16, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD's momentum (unused by adamw)."""
+    head_lr_mult: float = Field(1.0, gt=0)
+    """lr of the decoder head / lr of the backbone (DeepLab: 10)."""
     weight_decay: float = Field(1e-4, ge=0)
     crop_size: int | None = Field(None, ge=16)
     scale_min: float = Field(0.75, gt=0)
@@ -252,16 +265,39 @@ class SyntheticDataConfig(_Strict):
 
 class VOCDataConfig(_Strict):
     """PASCAL VOC 2012 layout under ``root``: stage 1 trains on ``train_split``, pseudo labels
-    are made and scored on ``pseudo_split``, segmentation is scored on ``val_split``."""
+    are made and scored on ``pseudo_split``, stage 2 trains on the pseudo labels of
+    ``seg_train_split`` (None: ``train_split``) and is scored on ``val_split``."""
 
     kind: Literal["voc"] = "voc"
     root: str
     train_split: str = "train_aug"
     pseudo_split: str = "train"
+    seg_train_split: str | None = None
+    """Stage 2's training images (their pseudo labels); None: the stage-1 ``train_split``."""
     val_split: str = "val"
     mask_dir: Literal["auto", "SegmentationClass", "SegmentationClassAug"] = "auto"
     max_images: int | None = Field(None, ge=1)
     loader_workers: int = Field(4, ge=0)
 
 
-DataConfig = Annotated[Union[SyntheticDataConfig, VOCDataConfig], Field(discriminator="kind")]
+class CocoDataConfig(_Strict):
+    """MS COCO 2014 under ``root``: ``train2014/``, ``val2014/`` (JPEGs) and class-id masks
+    ``SegmentationClass/{train2014,val2014}/*.png`` (``bench data coco-masks``). Stage 1 trains on
+    ``train_split``, pseudo labels are scored on the first ``pseudo_images`` of ``pseudo_split``
+    (None: all), stage 2 trains on ``seg_train_split`` (None: ``train_split``) and is scored on
+    ``val_split``. Only images with a mask are used; ``max_images`` caps every split."""
+
+    kind: Literal["coco"] = "coco"
+    root: str
+    train_split: Literal["train2014", "val2014"] = "train2014"
+    pseudo_split: Literal["train2014", "val2014"] = "train2014"
+    pseudo_images: int | None = Field(None, ge=1)
+    """How many images of ``pseudo_split`` pseudo labels are scored on (the first, by id)."""
+    seg_train_split: Literal["train2014", "val2014"] | None = None
+    """Stage 2's training images (their pseudo labels); None: the stage-1 ``train_split``."""
+    val_split: Literal["train2014", "val2014"] = "val2014"
+    max_images: int | None = Field(None, ge=1)
+    loader_workers: int = Field(4, ge=0)
+
+
+DataConfig = Annotated[Union[SyntheticDataConfig, VOCDataConfig, CocoDataConfig], Field(discriminator="kind")]
