@@ -63,7 +63,11 @@ def test_missing_study_file_and_missing_data(tmp_path, monkeypatch, capsys):
     assert "study file not found" in run_bad(tmp_path, monkeypatch, capsys, tmp_path / "nope.yaml")
     voc = write_study(tmp_path / "voc.yaml", data={"kind": "voc", "root": str(tmp_path / "VOC2012")})
     err = run_bad(tmp_path, monkeypatch, capsys, voc)
-    assert f"VOC root {tmp_path / 'VOC2012'} does not exist" in err
+    assert f"{voc}: data.root: VOC root {tmp_path / 'VOC2012'} does not exist" in err
+    (tmp_path / "VOC2012").mkdir()  # the root is there, its split files are not: found by the loader
+    err = run_bad(tmp_path, monkeypatch, capsys, voc)
+    assert err.startswith(f"bench: error: {voc}: data: VOC split file ") and "does not exist" in err
+    (tmp_path / "VOC2012").rmdir()
 
 
 def test_shipped_studies_are_valid():
@@ -80,7 +84,7 @@ def test_shipped_studies_are_valid():
 
 def test_voc2012_study_without_the_data_names_the_missing_path(tmp_path, monkeypatch, capsys):
     err = run_bad(tmp_path, monkeypatch, capsys, SMOKE.parent / "voc2012.yaml")
-    assert "VOC root data/VOCdevkit/VOC2012 does not exist" in err and "VOCtrainval_11-May-2012.tar" in err
+    assert "voc2012.yaml: data.root: VOC root data/VOCdevkit/VOC2012 does not exist" in err and "VOCtrainval_11-May-2012.tar" in err
 
 
 # --- issue 10, case 6: files that used to escape the one-line rule, run as a user would ---
