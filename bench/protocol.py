@@ -292,12 +292,3 @@ def protocol_sentence(card: pd.DataFrame, baseline: str | None) -> str:
     if unknown:
         text += f"; {unknown} not recorded by these runs"
     return text + "."
-
-
-def protocol_latex(card: pd.DataFrame, caption: str, label: str) -> str:
-    """Booktabs LaTeX of the card, every cell escaped (pandas' Styler)."""
-    t = card.reset_index()
-    return (
-        t.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-        .to_latex(hrules=True, caption=caption, label=label, column_format="p{3.2cm}p{4.5cm}p{5.5cm}l")
-    )  # fmt: skip

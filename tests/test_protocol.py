@@ -2,7 +2,8 @@
 
 import pandas as pd
 
-from bench.protocol import MARK, NOT_RECORDED, PUBLISHED, STUDY, protocol_card, protocol_latex, protocol_sentence
+from bench.protocol import MARK, NOT_RECORDED, PUBLISHED, STUDY, protocol_card, protocol_sentence
+from bench.report_blocks import Table, render_latex
 from bench.study import flatten, merge
 from tkp_pcl.config import MethodConfig
 
@@ -84,5 +85,5 @@ def test_a_cpu_study_of_today_marks_what_differs_and_what_was_not_recorded():
     assert card.loc["backbone and weights", STUDY] == "vit_tiny_patch16_224 (depth=2, embed_dim=64, patch_size=8), trained from scratch"
     s = protocol_sentence(card, "vit-pcm")
     assert "not recorded by these runs" in s
-    tex = protocol_latex(card, "Protocol", "tab:p")
+    tex = render_latex(Table(card, "Protocol", name="protocol"), "tab:p")
     assert r"\toprule" in tex and r"vit\_tiny\_patch16\_224" in tex and "n/a (not recorded)" in tex

@@ -14,10 +14,10 @@ IGNORE_INDEX = 255
 class Split:
     """Indexable images (H, W, 3) uint8 and masks (H, W) uint8 (255 = ignore).
 
-    Image-level labels come from the masks: ``labels(i)`` is a bool (C,) vector, C including
-    the background (class 0), which is always set, as in ViT-PCM. ``load_classes(i)``, where
-    given, returns the class ids present in image ``i`` instead (e.g. from annotations when
-    an image has no mask).
+    Image-level labels come from the masks: ``all_labels()[i]`` is a bool (C,) vector, C
+    including the background (class 0), which is always set, as in ViT-PCM. ``load_classes(i)``,
+    where given, returns the class ids present in image ``i`` instead (e.g. from annotations
+    when an image has no mask).
     """
 
     name: str
@@ -40,9 +40,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def labels(self, i: int) -> np.ndarray:
-        return self.all_labels()[i]
 
     def all_labels(self) -> np.ndarray:
         """(len, C) bool image labels, computed once from the masks."""
