@@ -129,6 +129,7 @@ def train_stage1(
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
     model: PatchClassifier | None = None,
+    checkpoint_meta: dict | None = None,
 ) -> Stage1Result:
     """Train the patch classifier on ``splits.train`` with image labels only.
 
@@ -144,6 +145,8 @@ def train_stage1(
     DistributedDataParallel and each rank sees its share of every epoch (DistributedSampler,
     ``batch_size`` per rank); losses are averaged over ranks; rank 0 alone evaluates, writes the
     checkpoint and calls ``on_epoch_end``. Every rank must pass the same ``checkpoint_path``.
+    ``checkpoint_meta`` (plain data, e.g. the configuration and its hash) is saved in every
+    checkpoint as ``state["meta"]``; the caller checks it before resuming.
     """
     tc, lc, pc = cfg.train, cfg.loss, cfg.pooling
     if tc.num_threads:
@@ -263,6 +266,7 @@ def train_stage1(
                     "scheduler": sched.state_dict(), "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "history_keys": keys,
                     "history": torch.tensor([[h[k] for k in keys] for h in history], dtype=torch.float64),
+                    "meta": checkpoint_meta or {},
                 },
                 checkpoint_path,
             )  # fmt: skip
