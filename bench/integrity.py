@@ -121,14 +121,17 @@ def usable_checkpoint(path: Path, expected_hash: str) -> tuple[dict | None, str 
     so the trial starts from scratch. ``(None, None)``: no checkpoint."""
     if not path.is_file():
         return None, None
+    path = path.resolve()
     try:
         state = load_checkpoint(path)
         missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
         if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
+            raise KeyError(f"missing {', '.join(missing)}")
     except Exception as e:  # unreadable in any way (torch raises several kinds): start over
+        what = "an empty file" if path.stat().st_size == 0 else f"not a checkpoint ({type(e).__name__})"
+        what = e.args[0] if isinstance(e, KeyError) else what
         dest = _move_aside(path, "corrupt")
-        reason = f"unreadable checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'empty'}) moved to {dest.name}"  # fmt: skip
+        reason = f"unreadable checkpoint {path}: {what}; moved to {dest.name}"
     else:
         got = (state.get("meta") or {}).get(HASH_ATTR)
         if got == expected_hash:

@@ -131,9 +131,16 @@ class Tracker:
     def __init__(self, uri: str, study_name: str):
         self.uri = uri
         self.study_name = study_name
-        self.client = MlflowClient(tracking_uri=uri)
+        self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._parent: str | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client; its first use creates the store (schema migration), under the lock."""
+        if self._client is None:
+            self._open(parent=False)
+        return self._client
 
     @property
     def experiment_id(self) -> str:
@@ -150,6 +157,8 @@ class Tracker:
     @_store_call
     def _open(self, parent: bool) -> None:
         with store_lock(self.uri):
+            if self._client is None:
+                self._client = MlflowClient(tracking_uri=self.uri)
             if self._experiment_id is None:
                 self._experiment_id = self.ensure_experiment()
             if parent and self._parent is None:
