@@ -145,3 +145,25 @@ def test_a_failing_store_is_one_tracking_store_error(tmp_path):
         Tracker(f"sqlite:///{bad}", "s").open()
     e.value.trial = 3
     assert str(e.value).startswith(f"MLflow store sqlite:///{bad} failed during trial 3: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_bench_ui_prints_the_runs_url_of_the_study(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    study = write_study(tmp_path / "s.yaml")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "ui", str(study), "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    exp = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "smoke").client.get_experiment_by_name("smoke")
+    assert line.strip().endswith(f": http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs"), line
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
