@@ -205,18 +205,28 @@ class TrialLifecycle:
         return self
 
     def _tell(self, state: TrialState, value: float | None = None) -> None:
-        self.state = state
-        self.ctx.optuna_study.tell(self.trial, value, state=state, skip_if_finished=True)
+        """Tell Optuna; ``self.state`` is the state the trial really has afterwards (FAIL where
+        another process's dead-trial sweep closed it first)."""
+        self.state = self.ctx.optuna_study.tell(self.trial, value, state=state, skip_if_finished=True).state
+
+    def _note_error(self, message: str) -> None:
+        try:
+            self.trial.set_user_attr("error", message[:500])
+        except optuna.exceptions.UpdateFinishedTrialError:  # closed meanwhile by a dead-trial sweep
+            pass
 
     def __exit__(self, exc_type, e, tb) -> bool:
         tracker, run = self.ctx.tracker, self.run_id
         if e is None:
             self._tell(TrialState.COMPLETE, self.value)
-            tracker.end(run, "FINISHED")
+            if self.state != TrialState.COMPLETE:  # lost the race with a sweep: the result is not counted
+                tracker.set_tags(run, {"bench.state": self.state.name, "bench.error": "closed by another process "
+                                       "as dead before it finished (heartbeat missed); the next run retries it"})  # fmt: skip
+            tracker.end(run, "FINISHED" if self.state == TrialState.COMPLETE else "FAILED")
             return False
         if isinstance(e, TrackingStoreError):
             e.trial = self.trial.number
-            self.trial.set_user_attr("error", f"MLflow store failed: {e.detail}"[:500])
+            self._note_error(f"MLflow store failed: {e.detail}")
             self._tell(TrialState.FAIL)  # the run is left RUNNING; the next `bench run` ends it
             return False
         if isinstance(e, optuna.TrialPruned):
@@ -224,7 +234,7 @@ class TrialLifecycle:
             tracker.set_tags(run, {"bench.state": "PRUNED", "bench.pruned": str(e)})
             tracker.end(run, "KILLED")
             return True
-        self.trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+        self._note_error(f"{type(e).__name__}: {e}")
         self._tell(TrialState.FAIL)
         if not run:
             return False
