@@ -226,3 +226,23 @@ def test_lifecycle_fails_a_trial_that_raises_and_reraises_a_store_failure(lifecy
         with TrialLifecycle(lifecycle_ctx, trial, spec):
             raise TrackingStoreError("sqlite:///x", "OperationalError: disk I/O error")
     assert e.value.trial == trial.number and lifecycle_ctx.optuna_study.trials[trial.number].state.name == "FAIL"
+
+
+def test_search_trials_store_their_sampled_configuration_and_are_checked(tmp_path):
+    from bench.runner import make_sampler
+    from bench.trial import TrialContext, trial_spec
+
+    search = {"variant": "tkp-pcl", "sampler": "random", "n_trials": 3, "seed": 1,
+              "space": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}  # fmt: skip
+    study = load_study(write_study(tmp_path / "s.yaml", search=search))
+    st = optuna.create_study(study_name=study.name, sampler=make_sampler(study))
+    trial = st.ask()
+    spec = trial_spec(TrialContext(study, st, None, "", tmp_path), trial)
+    assert stored_config(trial).train.lr == trial.params["train.lr"] == spec.cfg.train.lr
+    check_study_file(study, st.trials, "s.yaml")
+    edited = load_study(write_study(tmp_path / "e.yaml", {"base.train.epochs": 5}, search=search))
+    with pytest.raises(StudyError, match=r"^e.yaml: base.train.epochs: 5 here, 2 in the study's trial 0"):
+        check_study_file(edited, st.trials, "e.yaml")
+    other = {**search, "space": {"pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5}}}
+    with pytest.raises(StudyError, match=r"^o.yaml: search.space: the study's trial 0 searched train.lr"):
+        check_study_file(load_study(write_study(tmp_path / "o.yaml", search=other)), st.trials, "o.yaml")
