@@ -11,6 +11,7 @@ another configuration is moved aside, never resumed (:func:`usable_checkpoint`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -44,6 +45,13 @@ def stored_config(trial: optuna.trial.FrozenTrial | optuna.Trial) -> MethodConfi
 def run_config(stored: MethodConfig, here: MethodConfig) -> MethodConfig:
     """What a worker runs: the stored configuration with this machine's execution settings."""
     return with_execution(stored, here)
+
+
+def legacy_config_hash(cfg: MethodConfig) -> str:
+    """The hash trials were enqueued with before configurations were stored (execution settings
+    included), so that studies begun then are still accepted."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def yaml_path(study: Study, variant: str, key: str) -> str:
@@ -103,7 +111,7 @@ def check_study_file(study: Study, trials: list[optuna.trial.FrozenTrial], path:
                 key, a, b = diff
                 raise StudyError(f"{path}: {yaml_path(study, variant, key)}: {_show(a)} here, {_show(b)} "
                                  f"in the study's trial {t.number} {hint}")  # fmt: skip
-        elif t.user_attrs.get(HASH_ATTR) not in (None, config_hash(here)):
+        elif t.user_attrs.get(HASH_ATTR) not in (None, config_hash(here), legacy_config_hash(here)):
             raise StudyError(f"{path}: variants.{variant}: configuration differs from the study's trial "
                              f"{t.number} (hash {config_hash(here)} here, {t.user_attrs[HASH_ATTR]} there) {hint}")  # fmt: skip
 

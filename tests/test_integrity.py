@@ -246,3 +246,16 @@ def test_search_trials_store_their_sampled_configuration_and_are_checked(tmp_pat
     other = {**search, "space": {"pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5}}}
     with pytest.raises(StudyError, match=r"^o.yaml: search.space: the study's trial 0 searched train.lr"):
         check_study_file(load_study(write_study(tmp_path / "o.yaml", search=other)), st.trials, "o.yaml")
+
+
+def test_trials_of_an_older_version_are_checked_by_their_hash(tmp_path):
+    from bench.integrity import legacy_config_hash
+
+    study = load_study(write_study(tmp_path / "s.yaml"))
+    st = optuna.create_study(study_name=study.name)
+    for job in study_jobs(study):  # as enqueued before configurations were stored
+        st.enqueue_trial(params={}, user_attrs={"job_key": job.key, "variant": job.variant, "seed": job.seed,
+                                                "config_hash": legacy_config_hash(job.config)})  # fmt: skip
+    check_study_file(study, st.trials, "s.yaml")
+    with pytest.raises(StudyError, match=r"^e.yaml: variants.vit-pcm: configuration differs from the study's trial 0"):
+        check_study_file(load_study(write_study(tmp_path / "e.yaml", {"base.train.lr": 0.5})), st.trials, "e.yaml")
