@@ -27,13 +27,20 @@ from .study import Job, Study, StudyError, config_hash, first_difference, flatte
 
 CONFIG_ATTR = "config"  # JSON of MethodConfig.model_dump(mode="json")
 HASH_ATTR = "config_hash"  # study.config_hash of it (execution settings left out)
+DATA_ATTR = "data"  # JSON of {"data": the study's data section}
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "generator", "torch_rng", "history_keys", "history")
 
 
-def job_attrs(job: Job) -> dict[str, Any]:
+def data_json(study: Study) -> str:
+    """The study's data section as stored with its trials (:data:`DATA_ATTR`)."""
+    return json.dumps({"data": study.data.model_dump(mode="json")})
+
+
+def job_attrs(job: Job, study: Study) -> dict[str, Any]:
     """The user attributes a grid job is enqueued with."""
     return {"job_key": job.key, "variant": job.variant, "seed": job.seed, HASH_ATTR: job.config_hash,
-            CONFIG_ATTR: job.config.model_dump_json(), "grid": json.dumps(dict(job.grid_point))}  # fmt: skip
+            CONFIG_ATTR: job.config.model_dump_json(), DATA_ATTR: data_json(study),
+            "grid": json.dumps(dict(job.grid_point))}  # fmt: skip
 
 
 def stored_config(trial: optuna.trial.FrozenTrial | optuna.Trial) -> MethodConfig | None:
@@ -56,6 +63,8 @@ def legacy_config_hash(cfg: MethodConfig) -> str:
 
 def yaml_path(study: Study, variant: str, key: str) -> str:
     """Where a (dotted) configuration key of a variant is set in the study file."""
+    if key.startswith("data."):
+        return key
     if key == "train.seed":
         return "seeds" if study.search is None else "search.seed"
     if study.search is not None and key in study.search.space:
@@ -107,6 +116,8 @@ def check_study_file(study: Study, trials: list[optuna.trial.FrozenTrial], path:
         variant = t.user_attrs.get("variant", "?")
         if stored is not None:
             diff = first_difference(here, stored)
+            if diff is None and DATA_ATTR in t.user_attrs:
+                diff = first_difference(json.loads(data_json(study)), json.loads(t.user_attrs[DATA_ATTR]))
             if diff is not None:
                 key, a, b = diff
                 raise StudyError(f"{path}: {yaml_path(study, variant, key)}: {_show(a)} here, {_show(b)} "

@@ -120,7 +120,7 @@ def prepare(h: StudyHandle, path: str) -> dict[str, int]:
         live = {t.user_attrs.get("job_key") for t in h.trials(states=LIVE_STATES)}
         for job in study_jobs(h.study):
             if job.key not in live:
-                h.optuna_study.enqueue_trial(params={}, user_attrs=job_attrs(job))
+                h.optuna_study.enqueue_trial(params={}, user_attrs=job_attrs(job, h.study))
                 queued += 1
     return {"dead": dead, "queued": queued}
 

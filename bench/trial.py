@@ -25,7 +25,7 @@ from tkp_pcl.pseudo import make_pseudo_labels
 from tkp_pcl.segment import train_segmentation
 from tkp_pcl.train import distributed, train_stage1
 
-from .integrity import CONFIG_ATTR, HASH_ATTR, run_config, stored_config, usable_checkpoint
+from .integrity import CONFIG_ATTR, DATA_ATTR, HASH_ATTR, data_json, run_config, stored_config, usable_checkpoint
 from .overlay import example_rows, overlay_grid, save_png
 from .storage import worker_identity
 from .study import (
@@ -162,7 +162,7 @@ def trial_spec(ctx: TrialContext, trial: optuna.Trial) -> TrialSpec:
     cfg = sample_search_config(study, trial)
     spec = TrialSpec(f"search|trial={trial.number}", search_variant(study), cfg.train.seed, {}, cfg, config_hash(cfg))
     for k, v in {"job_key": spec.key, "variant": spec.variant, "seed": spec.seed,
-                 CONFIG_ATTR: cfg.model_dump_json(), HASH_ATTR: spec.config_hash}.items():  # fmt: skip
+                 CONFIG_ATTR: cfg.model_dump_json(), HASH_ATTR: spec.config_hash, DATA_ATTR: data_json(study)}.items():  # fmt: skip
         trial.set_user_attr(k, v)
     return spec
 

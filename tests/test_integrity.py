@@ -20,7 +20,7 @@ def enqueued(study, storage=None) -> optuna.Study:
     """An Optuna study holding every job of ``study`` as enqueued by `bench run`."""
     st = optuna.create_study(storage=storage, study_name=study.name, load_if_exists=True)
     for job in study_jobs(study):
-        st.enqueue_trial(params={}, user_attrs=job_attrs(job))
+        st.enqueue_trial(params={}, user_attrs=job_attrs(job, study))
     return st
 
 
@@ -59,6 +59,7 @@ def test_stored_configuration_round_trips(tmp_path):
         ({"variants": {"vit-pcm": {"pooling.kind": "max", "loss.pce_weight": 0.0}, "tkp": {}}},
          "s.yaml: variants.tkp-pcl: the study's trial 1 ran job 'tkp-pcl|seed=0', which this file does not define"),
         ({"seeds": [1]}, "s.yaml: grid: the study's trial 0 ran job 'vit-pcm|seed=0'"),
+        ({"data.n_train": 200}, "s.yaml: data.n_train: 200 here, 96 in the study's trial 0"),
     ],
 )  # fmt: skip
 def test_a_file_that_disagrees_with_the_stored_trials_is_refused_naming_the_key(tmp_path, changes, message):
