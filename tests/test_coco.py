@@ -121,7 +121,7 @@ def test_coco_kind_loads_the_converted_masks(coco_root):
     assert COCO_CLASSES[PERSON] == "person" and COCO_CLASSES[DOG] == "dog" and COCO_CLASSES[TOOTHBRUSH] == "toothbrush"
     assert len(s.train) == 3 and len(s.val) == 2 and s.pseudo is s.train and s.seg_train is s.train
     assert s.train.load_image(0).shape == (260, 300, 3) and s.train.load_mask(0).shape == (260, 300)
-    assert sorted(np.flatnonzero(s.train.labels(0))) == [0, PERSON, DOG, TOOTHBRUSH]
+    assert sorted(np.flatnonzero(s.train.all_labels()[0])) == [0, PERSON, DOG, TOOTHBRUSH]
     assert len(load_splits(CocoDataConfig(root=str(coco_root), pseudo_images=1)).pseudo) == 1
 
 

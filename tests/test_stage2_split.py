@@ -78,8 +78,8 @@ def test_voc_image_without_a_mask_gets_labels_from_its_xml_and_a_pseudo_label(vo
     lst.write_text(lst.read_text() + "2010_000005\n")
     split = voc_split(root, "train_aug")
     k = split.ids.index("2010_000005")
-    assert sorted(np.flatnonzero(split.labels(k))) == [0, 12, 15]  # background, dog, person
-    assert sorted(np.flatnonzero(split.labels(0))) == [0, 5, 9, 11, 15]  # from the real image's mask
+    assert sorted(np.flatnonzero(split.all_labels()[k])) == [0, 12, 15]  # background, dog, person
+    assert sorted(np.flatnonzero(split.all_labels()[0])) == [0, 5, 9, 11, 15]  # from the real image's mask
     model = PatchClassifier(ModelConfig(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2), 21)
     make_pseudo_labels(model, unscored(split.subset([k])), PseudoConfig(workers=1), out_dir=tmp_path, progress=False)
     assert np.asarray(Image.open(tmp_path / "pseudo_crf" / "2010_000005.png")).shape == (30, 44)
