@@ -142,7 +142,7 @@ def test_coco2014_study_without_the_data_is_one_line(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(SMOKE.parent / "coco2014.yaml")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "COCO folder data/coco2014 does not exist" in err, err
+    assert len(err.splitlines()) == 1 and "coco2014.yaml: data.root: COCO root data/coco2014 does not exist" in err, err
     assert "train2014.zip" in err and "bench data coco-masks" in err
     assert not (tmp_path / "mlflow.db").exists()
 
