@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri")
     ap.add_argument("--storage")
     ap.add_argument("--threads", type=int)
+    ap.set_defaults(command="run")  # validated as `bench run` validates (bench.cli._validate)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
