@@ -1,0 +1,225 @@
+"""The honest-search protocol (issue 12): the tune split a search scores, kept apart from the
+images the report scores, the seeds of a search trial, and the confirmation jobs that follow it.
+
+- *Tune split*: the images whose masks a search trial reads (objective and pruning monitor).
+  Synthetic data: ``search.tune.count`` scenes of their own stream (``tune_00000``, ...), which
+  cannot collide with the train stream's ids. File data (VOC): ``count`` or ``fraction`` of the
+  pseudo-label split (the training images with masks), chosen by ``search.seed``, or a named
+  ``split``. Every trial of the study trains stage 1 on the same images (for synthetic data, the
+  train stream plus the tune stream, as VOC's train_aug holds both parts of its train split); only
+  whose *masks* are read differs: the tune images' in search trials, the report images' in
+  confirmation runs.
+- *Confirmation*: the ``confirm.top_n`` best finished search trials and the ``confirm.baseline``
+  variant, each with every ``confirm.seeds`` seed, scored on the report split.
+
+Pure functions; :mod:`bench.runner` and :mod:`bench.trial` wire them in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from tkp_pcl.config import MethodConfig, SyntheticDataConfig
+from tkp_pcl.data import Split, Splits
+from tkp_pcl.data.synthetic import synthetic_split
+from tkp_pcl.data.voc import voc_split
+
+from .study import Study, StudyError, config_hash, job_config_for_search, search_variant, variant_config
+
+TUNE_IDS_FILE = "tune_ids.txt"
+REPORT_IDS_FILE = "report_ids.txt"
+
+
+# --- the tune split --------------------------------------------------------------------------
+
+
+def tune_indices(
+    ids: Sequence[str], seed: int, count: int | None = None, fraction: float | None = None
+) -> tuple[list[int], list[int]]:
+    """Choose the tune images among ``ids``: the ``count`` (or ``max(1, round(fraction * n))``)
+    ids with the smallest ``sha256(f"{seed}:{id}")``. Deterministic, independent of the order of
+    ``ids`` and of numpy's generators. Returns (tune indices, report indices), both in the order
+    of ``ids``; at least one image is left to report on."""
+    n = len(ids)
+    if (count is None) == (fraction is None):
+        raise ValueError("give exactly one of count, fraction")
+    k = count if count is not None else max(1, round(fraction * n))
+    key = "count" if count is not None else "fraction"
+    if k >= n:
+        raise StudyError(f"search.tune.{key}: {k} tune images would leave none of the {n} pseudo-label images to report on")
+    rank = sorted(range(n), key=lambda i: (hashlib.sha256(f"{seed}:{ids[i]}".encode()).digest(), i))
+    tune = set(rank[:k])
+    return sorted(tune), [i for i in range(n) if i not in tune]
+
+
+def check_disjoint(tune_ids: Sequence[str], others: Mapping[str, Sequence[str]], where: str = "search.tune") -> None:
+    """Refuse (one line) tune images that are also in one of ``others`` (name -> ids)."""
+    tune = set(tune_ids)
+    for name, ids in others.items():
+        both = [i for i in ids if i in tune]
+        if both:
+            raise StudyError(
+                f"{where}: {len(both)} tune image(s) are also in the {name} split (e.g. {both[0]!r}); "
+                "the images a search scores must be disjoint from the reported ones"
+            )
+
+
+def concat_splits(name: str, first: Split, second: Split) -> Split:
+    """The images of ``first`` then those of ``second`` (same classes) as one split."""
+    if first.class_names != second.class_names:
+        raise ValueError(f"{name}: cannot join splits with different classes")
+    n = len(first)
+
+    def pick(j: int, fa, fb):
+        return fa(j) if j < n else fb(j - n)
+
+    return Split(
+        name, first.class_names, [*first.ids, *second.ids],
+        lambda j: pick(j, first.load_image, second.load_image), lambda j: pick(j, first.load_mask, second.load_mask),
+    )  # fmt: skip
+
+
+def _synthetic_kwargs(cfg: SyntheticDataConfig) -> dict[str, Any]:
+    return dict(seed=cfg.seed, size=cfg.size, max_objects=cfg.max_objects, min_size=cfg.min_size,
+                max_size=cfg.max_size, noise=cfg.noise)  # fmt: skip
+
+
+@dataclass
+class ProtocolSplits:
+    """``search``: the splits of a search trial (masks read: the tune images only, as its
+    pseudo-label and monitor split); ``report``: those of a confirmation run (pseudo labels scored
+    on the report images; monitor and segmentation on val, as in grid jobs)."""
+
+    search: Splits
+    report: Splits
+
+    @property
+    def tune_ids(self) -> list[str]:
+        return list(self.search.pseudo.ids)
+
+    @property
+    def report_ids(self) -> list[str]:
+        return list(self.report.pseudo.ids)
+
+    def write_ids(self, folder: Path) -> list[Path]:
+        """``tune_ids.txt`` and ``report_ids.txt`` (one id a line) under ``folder``."""
+        out = []
+        for fname, ids in ((TUNE_IDS_FILE, self.tune_ids), (REPORT_IDS_FILE, self.report_ids)):
+            path = Path(folder) / fname
+            path.write_text("".join(f"{i}\n" for i in ids))
+            out.append(path)
+        return out
+
+
+def protocol_splits(study: Study, splits: Splits) -> ProtocolSplits | None:
+    """The search and report splits of a study with ``search.tune`` (None without one), built
+    from the study's usual ``splits``. Raises :class:`StudyError` if tune and report overlap."""
+    tune = study.search.tune if study.search is not None else None
+    if tune is None:
+        return None
+    data, train, report_pseudo = study.data, splits.train, splits.pseudo
+    if isinstance(data, SyntheticDataConfig):
+        tune_split = synthetic_split("tune", tune.count, **_synthetic_kwargs(data))
+        train = concat_splits(f"{splits.train.name}+tune", splits.train, tune_split)
+    elif tune.split is not None:
+        tune_split = voc_split(data.root, tune.split, mask_dir=data.mask_dir, max_images=data.max_images)
+    else:
+        t_idx, r_idx = tune_indices(splits.pseudo.ids, study.search.seed, tune.count, tune.fraction)
+        tune_split = dataclasses.replace(splits.pseudo.subset(t_idx), name=f"{splits.pseudo.name} (tune)")
+        report_pseudo = dataclasses.replace(splits.pseudo.subset(r_idx), name=f"{splits.pseudo.name} (report)")
+    check_disjoint(tune_split.ids, {"pseudo-label (report)": report_pseudo.ids, "val": splits.val.ids})
+    return ProtocolSplits(
+        search=dataclasses.replace(splits, train=train, pseudo=tune_split, val=tune_split),
+        report=dataclasses.replace(splits, train=train, pseudo=report_pseudo),
+    )
+
+
+# --- seeds of a search trial -----------------------------------------------------------------
+
+
+def search_configs(study: Study, params: Mapping[str, Any]) -> list[MethodConfig]:
+    """A sampled configuration once per ``search.seeds`` seed (``train.seed`` set), in order."""
+    base = job_config_for_search(study, dict(params))
+    out = []
+    for seed in study.search.seeds:
+        cfg = base.model_copy(deep=True)
+        cfg.train.seed = seed
+        out.append(cfg)
+    return out
+
+
+def seed_metric(metric: str, seed: int) -> str:
+    """The name a search run logs one seed's tune-split value under: ``tune_<metric>_seed<k>``."""
+    return f"tune_{metric}_seed{seed}"
+
+
+# --- the confirmation stage ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A finished search trial as the confirmation needs it (an Optuna FrozenTrial fits too)."""
+
+    number: int
+    value: float
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConfirmJob:
+    """One confirmation run: a top configuration (``rank``, of search trial ``confirm_of``) or
+    the baseline (both None), with one confirmation seed and its resolved configuration."""
+
+    key: str
+    variant: str
+    seed: int
+    config: MethodConfig
+    confirm_of: int | None = None
+    rank: int | None = None
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+
+def rank_trials(trials: Iterable[Any], direction: str) -> list[Any]:
+    """Finished trials best first (``direction``: maximize or minimize); trials without a finite
+    value are left out; ties go to the lower trial number."""
+    ok = [t for t in trials if t.value is not None and math.isfinite(t.value)]
+    sign = -1.0 if direction == "maximize" else 1.0
+    return sorted(ok, key=lambda t: (sign * t.value, t.number))
+
+
+def top_label(study: Study, rank: int) -> str:
+    """The variant label of the rank-th configuration: ``<searched variant>-top<rank>``."""
+    return f"{search_variant(study)}-top{rank}"
+
+
+def confirmation_jobs(study: Study, trials: Iterable[Any]) -> list[ConfirmJob]:
+    """The jobs of the confirmation stage, seed by seed (each seed's top configurations, then the
+    baseline), so that paired results arrive early. ``trials``: the finished search trials
+    (``number``, ``value``, ``params``); fewer than ``top_n`` confirms those there are."""
+    c = study.confirm
+    if c is None:
+        return []
+    top = rank_trials(trials, study.search.direction)[: c.top_n]
+    top_cfgs = [job_config_for_search(study, dict(t.params)) for t in top]
+    base_cfg = variant_config(study, c.baseline)
+    jobs = []
+    for seed in c.seeds:
+        for rank, (t, cfg) in enumerate(zip(top, top_cfgs), start=1):
+            key = f"confirm|top{rank}|trial={t.number}|seed={seed}"
+            jobs.append(ConfirmJob(key, top_label(study, rank), seed, _with_seed(cfg, seed), t.number, rank))
+        jobs.append(ConfirmJob(f"confirm|{c.baseline}|seed={seed}", c.baseline, seed, _with_seed(base_cfg, seed)))
+    return jobs
+
+
+def _with_seed(cfg: MethodConfig, seed: int) -> MethodConfig:
+    out = cfg.model_copy(deep=True)
+    out.train.seed = seed
+    return out
