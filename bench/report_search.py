@@ -15,13 +15,13 @@ from typing import Any
 
 import pandas as pd
 
+from . import search_protocol as protocol
 from .report_data import METRIC_LABELS, finished
-from .search_protocol import rank_trials
+from .search_protocol import rank_trials, seed_metric
 
-STAGE_TAG = "tags.bench.stage"
-CONFIRM_OF_TAG = "tags.bench.confirm_of"
+STAGE_TAG = f"tags.{protocol.STAGE_TAG}"
+CONFIRM_OF_TAG = f"tags.{protocol.CONFIRM_OF_TAG}"
 TRIAL_TAG = "tags.bench.trial"
-SEARCH_KEY_PREFIX = "search|"
 
 
 @dataclass
@@ -51,7 +51,7 @@ def stage_runs(df: pd.DataFrame, stage: str) -> pd.DataFrame:
 
 def is_search(trial) -> bool:
     """Whether an Optuna trial is a search trial (a sampled one, or keyed ``search|...``)."""
-    return str(trial.user_attrs.get("job_key", SEARCH_KEY_PREFIX)).startswith(SEARCH_KEY_PREFIX)
+    return protocol.stage_of(trial.user_attrs.get("job_key")) == "search"
 
 
 def search_trials(ostudy) -> list:
@@ -89,8 +89,6 @@ def best_trials(df: pd.DataFrame, ostudy, metric: str, direction: str, seeds: li
     """The ``top`` best search trials: objective on the tune split (mean over ``seeds``), each
     seed's value (``tune_<metric>_seed<k>`` of the trial's run, where logged), the sampled
     parameters, and which were confirmed (``top1``, ...)."""
-    from .search_protocol import seed_metric
-
     ranked = rank_trials(search_trials(ostudy), direction)[:top]
     if not ranked:
         return None

@@ -153,9 +153,10 @@ def search_configs(study: Study, params: Mapping[str, Any]) -> list[MethodConfig
     return out
 
 
-def seed_metric(metric: str, seed: int) -> str:
-    """The name a search run logs one seed's tune-split value under: ``tune_<metric>_seed<k>``."""
-    return f"tune_{metric}_seed{seed}"
+def seed_metric(metric: str, seed: int, prefix: str = "tune_") -> str:
+    """The name a search run logs one seed's value under: ``tune_<metric>_seed<k>`` (``prefix``
+    "" for a search without a tune split)."""
+    return f"{prefix}{metric}_seed{seed}"
 
 
 # --- the confirmation stage ------------------------------------------------------------------
@@ -223,3 +224,121 @@ def _with_seed(cfg: MethodConfig, seed: int) -> MethodConfig:
     out = cfg.model_copy(deep=True)
     out.train.seed = seed
     return out
+
+
+# --- stages of a study's trials (for the runner) ----------------------------------------------
+
+STAGE_TAG = "bench.stage"  # MLflow tag: search | confirm | grid
+CONFIRM_OF_TAG = "bench.confirm_of"  # MLflow tag of a confirmed configuration's runs: its search trial
+CONFIRM_PREFIX = "confirm|"
+SEARCH_PREFIX = "search|"
+_LIVE = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+
+
+def stage_of(job_key: str | None) -> str:
+    """``search`` (a sampled trial; no key yet between ``ask`` and its start), ``confirm`` or ``grid``."""
+    if job_key is None or job_key.startswith(SEARCH_PREFIX):
+        return "search"
+    return "confirm" if job_key.startswith(CONFIRM_PREFIX) else "grid"
+
+
+def _key(t: Any) -> str | None:
+    return t.user_attrs.get("job_key")
+
+
+def confirm_total(study: Study) -> int:
+    """How many confirmation runs a study asks for (top_n x seeds + baseline x seeds)."""
+    c = study.confirm
+    return 0 if c is None else (c.top_n + 1) * len(c.seeds)
+
+
+def search_spent(study: Study, trials: Iterable[Any]) -> bool:
+    """Whether ``search.n_trials`` search trials are complete, pruned or running."""
+    used = sum(1 for t in trials if stage_of(_key(t)) == "search" and t.state.name in ("COMPLETE", "PRUNED", "RUNNING"))
+    return used >= study.search.n_trials
+
+
+def confirmation_todo(study: Study, trials: Sequence[Any]) -> list[ConfirmJob] | None:
+    """The confirmation jobs to enqueue now: None while the confirmation is not due (no
+    ``confirm:``, search budget not spent, or search trials still running or waiting), else the
+    jobs no live (complete, pruned, running, waiting) trial holds; [] when none is missing.
+    Raises :class:`StudyError` if the study confirmed other search trials than those that rank
+    top now (``search.n_trials`` raised after the confirmation)."""
+    if study.confirm is None or not search_spent(study, trials):
+        return None
+    searched = [t for t in trials if stage_of(_key(t)) == "search"]
+    if any(t.state.name in ("RUNNING", "WAITING") for t in searched):
+        return None
+    done = [t for t in searched if t.state.name == "COMPLETE"]
+    if not done:
+        return []
+    jobs = confirmation_jobs(study, done)
+    wanted = {j.key for j in jobs}
+    for t in trials:
+        key = _key(t)
+        if stage_of(key) == "confirm" and key not in wanted and t.user_attrs.get("confirm_of") is not None:
+            raise StudyError(
+                f"confirm: the study confirmed search trial {t.user_attrs['confirm_of']} ({key!r}), which is no longer "
+                f"in the top {study.confirm.top_n} (search.n_trials changed?); rename the study to confirm another search"
+            )
+    live = {_key(t) for t in trials if t.state.name in _LIVE}
+    return [j for j in jobs if j.key not in live]
+
+
+def confirm_attrs(job: ConfirmJob) -> dict[str, Any]:
+    """The Optuna user attributes a confirmation job is enqueued with (its configuration
+    stored, as grid jobs')."""
+    attrs = {"job_key": job.key, "variant": job.variant, "seed": job.seed, "stage": "confirm",
+             "config": job.config.model_dump_json(), "config_hash": job.config_hash}  # fmt: skip
+    if job.confirm_of is not None:
+        attrs.update(confirm_of=job.confirm_of, confirm_rank=job.rank)
+    return attrs
+
+
+def confirm_tags(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """MLflow tags of a trial from its user attributes: ``bench.stage`` and, for a confirmed
+    configuration, ``bench.confirm_of`` (its search trial) and ``bench.confirm_rank``."""
+    tags: dict[str, Any] = {STAGE_TAG: stage_of(attrs.get("job_key"))}
+    if attrs.get("confirm_of") is not None:
+        tags.update({CONFIRM_OF_TAG: attrs["confirm_of"], "bench.confirm_rank": attrs.get("confirm_rank")})
+    return tags
+
+
+def seed_values(per_seed: Mapping[int, Mapping[str, float]], metric: str, prefix: str) -> dict[str, float]:
+    """The metrics a search run logs for its seeds: each key's mean over the seeds as
+    ``<prefix><key>`` (``prefix`` = ``tune_`` when scored on the tune split), and with 2+ seeds
+    each seed's ``<prefix><metric>_seed<k>`` for the objective and the mIoUs."""
+    seeds = list(per_seed)
+    keys = [k for k in per_seed[seeds[0]] if all(k in per_seed[s] for s in seeds)]
+    out = {f"{prefix}{k}": sum(per_seed[s][k] for s in seeds) / len(seeds) for k in keys}
+    if len(seeds) > 1:
+        for m in dict.fromkeys([metric, "pseudo_miou", "pseudo_miou_crf", "seg_miou"]):
+            for s in seeds:
+                if m in per_seed[s]:
+                    out[seed_metric(m, s, prefix)] = per_seed[s][m]
+    return out
+
+
+def plan_rows(study: Study) -> list[tuple[str, str]]:
+    """What ``bench run --dry-run`` shows of the protocol: the tune split, the search seeds and
+    the confirmation stage that follows the search."""
+    s, c = study.search, study.confirm
+    t = s.tune
+    if t is None:
+        where = "none: the search scores the report's own images (optimistic)"
+    elif t.split is not None:
+        where = f"split {t.split!r}"
+    elif isinstance(study.data, SyntheticDataConfig):
+        where = f"{t.count} scenes of the synthetic 'tune' stream"
+    else:
+        what = f"{t.count} images" if t.count is not None else f"{t.fraction:g} of the images"
+        where = f"{what} of {study.data.pseudo_split!r} (seed {s.seed}); the rest is the report split"
+    rows = [("tune split", where), ("search seeds", ", ".join(map(str, s.seeds)) + " (objective: mean)")]
+    if c is not None:
+        top = f"{search_variant(study)}-top1..top{c.top_n}" if c.top_n > 1 else f"{search_variant(study)}-top1"
+        rows += [
+            ("then: confirm", f"{confirm_total(study)} runs after the search: {top} and {c.baseline} x seeds "
+                              f"{', '.join(map(str, c.seeds))}, scored on the report split"),  # fmt: skip
+            ("confirm keys", f"confirm|top<r>|trial=<n>|seed=<s>, confirm|{c.baseline}|seed=<s>"),
+        ]
+    return rows

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import optuna
 import pytest
 
 from bench.cli import main
 from bench.search_protocol import (
-    REPORT_IDS_FILE, TUNE_IDS_FILE, SearchResult, check_disjoint, concat_splits, confirmation_jobs, protocol_splits,
-    rank_trials, search_configs, tune_indices,
+    REPORT_IDS_FILE, TUNE_IDS_FILE, SearchResult, check_disjoint, concat_splits, confirm_attrs, confirm_tags,
+    confirm_total, confirmation_jobs, confirmation_todo, plan_rows, protocol_splits, rank_trials, search_configs,
+    search_spent, seed_values, stage_of, tune_indices,
 )  # fmt: skip
 from bench.study import StudyError, load_study, variant_config
 from helpers import write_study
@@ -203,3 +205,75 @@ def test_confirmation_with_fewer_finished_trials_than_top_n(tmp_path):
     assert sorted({j.variant for j in jobs}) == ["tkp-pcl-top1", "vit-pcm"] and len(jobs) == 6
     no_confirm = load_study(study_file(tmp_path, confirm=None))
     assert confirmation_jobs(no_confirm, trials()) == []
+
+
+# --- stages, for the runner ------------------------------------------------------------------
+
+DIST = {"pooling.k_ratio": optuna.distributions.FloatDistribution(0.01, 1.0),
+        "train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}  # fmt: skip
+S = optuna.trial.TrialState
+
+
+def frozen(number, state, value=None, key=None, k=0.1, **attrs):
+    t = optuna.trial.create_trial(
+        state=state, value=value, params={"pooling.k_ratio": k, "train.lr": 1e-3}, distributions=DIST,
+        user_attrs=({"job_key": key or f"search|trial={number}"} | attrs),
+    )  # fmt: skip
+    t.number = number
+    return t
+
+
+def test_stage_of_job_keys():
+    assert [stage_of(k) for k in (None, "search|trial=3", "confirm|top1|trial=3|seed=0", "confirm|vit-pcm|seed=1", "tkp|seed=0")] == [
+        "search", "search", "confirm", "confirm", "grid"]  # fmt: skip
+
+
+def test_confirmation_is_due_once_the_search_is_spent_and_idle(tmp_path):
+    study = load_study(study_file(tmp_path))  # n_trials 3, top_n 2, confirm seeds 10, 11, 12
+    assert confirm_total(study) == 9
+    two = [frozen(0, S.COMPLETE, 0.5, k=0.1), frozen(1, S.PRUNED, k=0.2)]
+    assert not search_spent(study, two) and confirmation_todo(study, two) is None
+    running = two + [frozen(2, S.RUNNING, k=0.3)]
+    assert search_spent(study, running) and confirmation_todo(study, running) is None  # waits for it
+    failed = two + [frozen(2, S.FAIL, k=0.3)]
+    assert confirmation_todo(study, failed) is None  # a failed trial does not spend the budget
+    spent = two + [frozen(2, S.FAIL, k=0.3), frozen(3, S.COMPLETE, 0.6, k=0.4)]
+    todo = confirmation_todo(study, spent)
+    assert len(todo) == 9 and todo[0].key == "confirm|top1|trial=3|seed=10"
+    # enqueued (waiting) and done ones are not enqueued again; a failed one is
+    enq = [frozen(10 + i, S.WAITING if i else S.FAIL, key=j.key, **{"confirm_of": j.confirm_of}) for i, j in enumerate(todo[:3])]
+    assert [j.key for j in confirmation_todo(study, spent + enq)] == [todo[0].key] + [j.key for j in todo[3:]]
+    # a search extended after its confirmation would confirm other trials: refused
+    better = spent + enq + [frozen(20, S.COMPLETE, 0.9, k=0.9), frozen(21, S.COMPLETE, 0.8, k=0.8)]
+    with pytest.raises(StudyError, match=r"^confirm: the study confirmed search trial 3 .* no longer in the top 2"):
+        confirmation_todo(study, better)
+    assert confirmation_todo(study, [frozen(i, S.PRUNED) for i in range(3)]) == []  # nothing finished: nothing to confirm
+    assert confirmation_todo(load_study(study_file(tmp_path, confirm=None)), spent) is None
+
+
+def test_confirm_attrs_and_tags(tmp_path):
+    study = load_study(study_file(tmp_path))
+    top, base = [j for j in confirmation_jobs(study, trials()) if j.seed == 10][::2]
+    attrs = confirm_attrs(top)
+    assert attrs["stage"] == "confirm" and attrs["confirm_of"] == 1 and attrs["confirm_rank"] == 1
+    assert attrs["config_hash"] == top.config_hash and '"k_ratio":0.2' in attrs["config"].replace(" ", "")
+    assert confirm_tags(attrs) == {"bench.stage": "confirm", "bench.confirm_of": 1, "bench.confirm_rank": 1}
+    assert confirm_tags(confirm_attrs(base)) == {"bench.stage": "confirm"} and "confirm_of" not in confirm_attrs(base)
+    assert confirm_tags({"job_key": "search|trial=2"}) == {"bench.stage": "search"}
+
+
+def test_seed_values_mean_and_per_seed():
+    per = {0: {"pseudo_miou": 0.4, "pseudo_miou_crf": 0.5, "train_seconds": 10.0},
+           1: {"pseudo_miou": 0.6, "pseudo_miou_crf": 0.7, "train_seconds": 12.0}}  # fmt: skip
+    out = seed_values(per, "pseudo_miou", "tune_")
+    assert out == pytest.approx({"tune_pseudo_miou": 0.5, "tune_pseudo_miou_crf": 0.6, "tune_train_seconds": 11.0,
+                                 "tune_pseudo_miou_seed0": 0.4, "tune_pseudo_miou_seed1": 0.6,
+                                 "tune_pseudo_miou_crf_seed0": 0.5, "tune_pseudo_miou_crf_seed1": 0.7})  # fmt: skip
+    assert seed_values({3: per[0]}, "pseudo_miou", "") == per[0]  # one seed, no tune split: as before
+
+
+def test_plan_rows_name_the_tune_split_and_the_confirmation(tmp_path):
+    rows = dict(plan_rows(load_study(study_file(tmp_path))))
+    assert rows["tune split"] == "8 scenes of the synthetic 'tune' stream" and rows["search seeds"].startswith("0, 1")
+    assert rows["then: confirm"].startswith("9 runs after the search: tkp-pcl-top1..top2 and vit-pcm x seeds 10, 11, 12")
+    assert "confirm" not in " ".join(dict(plan_rows(load_study(study_file(tmp_path, confirm=None)))))
