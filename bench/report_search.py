@@ -42,6 +42,35 @@ class Section:
     blocks: list[str | TableBlock] = field(default_factory=list)
 
 
+@dataclass
+class SearchInfo:
+    """What the two sections need to know of the study: the objective, the search seeds, the
+    number of tune images (where known), the baseline and the confirmation seeds."""
+
+    metric: str = "pseudo_miou"
+    direction: str = "maximize"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    n_tune: int | None = None
+    baseline: str | None = None
+    confirm_seeds: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_study(cls, study) -> "SearchInfo":
+        s, c = study.search, study.confirm
+        return cls(s.metric, s.direction, list(s.seeds), s.tune.count if s.tune is not None else None,
+                   c.baseline if c else None, list(c.seeds) if c else [])  # fmt: skip
+
+    @classmethod
+    def from_runs(cls, runs: pd.DataFrame, ostudy, baseline: str | None) -> "SearchInfo":
+        """Without the study file: what the runs and the Optuna study tell."""
+        search, confirm = stage_runs(runs, "search"), stage_runs(runs, "confirm")
+        seeds = sorted({int(x) for v in search.get("tags.bench.search_seeds", pd.Series(dtype=object)).dropna() for x in str(v).split(",")})
+        return cls(
+            direction=ostudy.direction.name.lower() if ostudy is not None else "maximize", seeds=seeds or [0],
+            baseline=baseline, confirm_seeds=sorted({int(x) for x in confirm["seed"].dropna()}),
+        )  # fmt: skip
+
+
 def stage_runs(df: pd.DataFrame, stage: str) -> pd.DataFrame:
     """The runs of one stage (``search`` or ``confirm``); none when the tag is absent."""
     if STAGE_TAG not in df:
@@ -98,7 +127,7 @@ def best_trials(df: pd.DataFrame, ostudy, metric: str, direction: str, seeds: li
     rows = []
     for t in ranked:
         run = by_trial.get(t.number)
-        row: dict[str, Any] = {"trial": t.number, "tune": t.value}
+        row: dict[str, Any] = {"trial": t.number, "value": t.value}
         for s in seeds if len(seeds) > 1 else []:
             col = f"metrics.{seed_metric(metric, s)}"
             row[f"seed {s}"] = run[col] if run is not None and col in run else float("nan")
@@ -107,12 +136,12 @@ def best_trials(df: pd.DataFrame, ostudy, metric: str, direction: str, seeds: li
         rows.append(row)
     data = pd.DataFrame(rows).set_index("trial")
     display = data.copy()
-    for col in ["tune", *(f"seed {s}" for s in seeds if len(seeds) > 1)]:
+    for col in ["value", *(f"seed {s}" for s in seeds if len(seeds) > 1)]:
         display[col] = [_fmt(metric, v) for v in data[col]]
     for k in ranked[0].params:
         if k in display and pd.api.types.is_float_dtype(data[k]):
             display[k] = [f"{v:.4g}" for v in data[k]]
-    display = display.rename(columns={"tune": f"{_label(metric)} (tune split)"})
+    display = display.rename(columns={"value": f"{_label(metric)} (tune split)"})
     mean = " (mean over seeds " + ", ".join(map(str, seeds)) + ")" if len(seeds) > 1 else ""
     caption = f"Best search trials, {direction} {_label(metric)} on the tune split{mean}; not comparable to report-split values"
     return TableBlock(data, display, caption, "best_trials")

@@ -133,10 +133,12 @@ def protocol_splits(study: Study, splits: Splits) -> ProtocolSplits | None:
         tune_split = dataclasses.replace(splits.pseudo.subset(t_idx), name=f"{splits.pseudo.name} (tune)")
         report_pseudo = dataclasses.replace(splits.pseudo.subset(r_idx), name=f"{splits.pseudo.name} (report)")
     check_disjoint(tune_split.ids, {"pseudo-label (report)": report_pseudo.ids, "val": splits.val.ids})
-    return ProtocolSplits(
-        search=dataclasses.replace(splits, train=train, pseudo=tune_split, val=tune_split),
-        report=dataclasses.replace(splits, train=train, pseudo=report_pseudo),
-    )
+    search = dataclasses.replace(splits, train=train, pseudo=tune_split, val=tune_split)
+    seg_train = getattr(splits, "seg_train", None)
+    if seg_train is not None:  # stage 2 of a search trial is scored on the tune images: never trained on them
+        tune_set = set(tune_split.ids)
+        search.seg_train = seg_train.subset([i for i, x in enumerate(seg_train.ids) if x not in tune_set])
+    return ProtocolSplits(search=search, report=dataclasses.replace(splits, train=train, pseudo=report_pseudo))
 
 
 # --- seeds of a search trial -----------------------------------------------------------------

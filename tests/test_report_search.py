@@ -112,7 +112,7 @@ def test_search_section_lists_search_trials_on_the_tune_split_only():
     table = sec.blocks[1]
     assert isinstance(table, TableBlock) and "tune split" in table.caption
     assert list(table.data.index) == [1, 3, 0]  # best first; pruned and confirmation trials left out
-    assert table.data.loc[1, "tune"] == 0.62 and table.data.loc[1, "seed 1"] == pytest.approx(0.63)
+    assert table.data.loc[1, "value"] == 0.62 and table.data.loc[1, "seed 1"] == pytest.approx(0.63)
     assert table.data.loc[1, "confirmed"] == "tkp-pcl-top1" and table.data.loc[3, "confirmed"] == ""
     assert "pseudo mIoU (tune split)" in table.display.columns and table.display.loc[1, "pseudo mIoU (tune split)"] == "62.0"
     only = search_only_study(ostudy)
