@@ -53,12 +53,17 @@ class SearchInfo:
     n_tune: int | None = None
     baseline: str | None = None
     confirm_seeds: list[int] = field(default_factory=list)
+    tuned: bool = True  # scored on a tune split (search.tune); False: on the pseudo-label split itself
+
+    @property
+    def split(self) -> str:
+        return "tune split" if self.tuned else "pseudo-label split"
 
     @classmethod
     def from_study(cls, study) -> "SearchInfo":
         s, c = study.search, study.confirm
         return cls(s.metric, s.direction, list(s.seeds), s.tune.count if s.tune is not None else None,
-                   c.baseline if c else None, list(c.seeds) if c else [])  # fmt: skip
+                   c.baseline if c else None, list(c.seeds) if c else [], s.tune is not None)  # fmt: skip
 
     @classmethod
     def from_runs(cls, runs: pd.DataFrame, ostudy, baseline: str | None) -> "SearchInfo":
@@ -68,6 +73,7 @@ class SearchInfo:
         return cls(
             direction=ostudy.direction.name.lower() if ostudy is not None else "maximize", seeds=seeds or [0],
             baseline=baseline, confirm_seeds=sorted({int(x) for x in confirm["seed"].dropna()}),
+            tuned=any(str(c).startswith("metrics.tune_") for c in runs.columns),
         )  # fmt: skip
 
 
@@ -114,36 +120,39 @@ def _label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
-def best_trials(df: pd.DataFrame, ostudy, metric: str, direction: str, seeds: list[int], top: int = 10) -> TableBlock | None:
-    """The ``top`` best search trials: objective on the tune split (mean over ``seeds``), each
-    seed's value (``tune_<metric>_seed<k>`` of the trial's run, where logged), the sampled
-    parameters, and which were confirmed (``top1``, ...)."""
-    ranked = rank_trials(search_trials(ostudy), direction)[:top]
+def best_trials(df: pd.DataFrame, ostudy, info: SearchInfo, top: int = 10) -> TableBlock | None:
+    """The ``top`` best search trials: objective (mean over the search seeds), each seed's value
+    (``tune_<metric>_seed<k>`` of the trial's run, where logged), the sampled parameters, and
+    which were confirmed (``<variant>-top1``, ...)."""
+    metric, seeds = info.metric, info.seeds
+    ranked = rank_trials(search_trials(ostudy), info.direction)[:top]
     if not ranked:
         return None
     runs = stage_runs(df, "search")
     by_trial = {int(r[TRIAL_TAG]): r for _, r in runs.iterrows()} if TRIAL_TAG in runs else {}
     confirmed = _confirmed_ranks(df)
+    per_seed = seeds if len(seeds) > 1 else []
     rows = []
     for t in ranked:
         run = by_trial.get(t.number)
         row: dict[str, Any] = {"trial": t.number, "value": t.value}
-        for s in seeds if len(seeds) > 1 else []:
-            col = f"metrics.{seed_metric(metric, s)}"
+        for s in per_seed:
+            col = f"metrics.{seed_metric(metric, s, 'tune_' if info.tuned else '')}"
             row[f"seed {s}"] = run[col] if run is not None and col in run else float("nan")
-        row.update({k: v for k, v in t.params.items()})
+        row.update(t.params)
         row["confirmed"] = confirmed.get(t.number, "")
         rows.append(row)
     data = pd.DataFrame(rows).set_index("trial")
     display = data.copy()
-    for col in ["value", *(f"seed {s}" for s in seeds if len(seeds) > 1)]:
+    for col in ["value", *(f"seed {s}" for s in per_seed)]:
         display[col] = [_fmt(metric, v) for v in data[col]]
     for k in ranked[0].params:
         if k in display and pd.api.types.is_float_dtype(data[k]):
             display[k] = [f"{v:.4g}" for v in data[k]]
-    display = display.rename(columns={"value": f"{_label(metric)} (tune split)"})
-    mean = " (mean over seeds " + ", ".join(map(str, seeds)) + ")" if len(seeds) > 1 else ""
-    caption = f"Best search trials, {direction} {_label(metric)} on the tune split{mean}; not comparable to report-split values"
+    display = display.rename(columns={"value": f"{_label(metric)} ({info.split})"})
+    mean = " (mean over seeds " + ", ".join(map(str, seeds)) + ")" if per_seed else ""
+    caption = f"Best search trials, {info.direction} {_label(metric)} on the {info.split}{mean}"
+    caption += "; not comparable to report-split values" if info.tuned else "; optimistic: scored on the images it was chosen on"
     return TableBlock(data, display, caption, "best_trials")
 
 
@@ -156,22 +165,24 @@ def _confirmed_ranks(df: pd.DataFrame) -> dict[int, str]:
     return {int(k): str(v) for k, v in zip(runs[CONFIRM_OF_TAG], runs["variant"])}
 
 
-def search_section(
-    df: pd.DataFrame, ostudy, metric: str, direction: str, seeds: list[int], n_tune: int | None = None
-) -> Section:  # fmt: skip
+def search_section(df: pd.DataFrame, ostudy, info: SearchInfo) -> Section:
     """The Search section: what was searched, on which images, and the best trials."""
     trials = [t for t in ostudy.get_trials(deepcopy=False) if is_search(t)]
     counts = pd.Series([t.state.name.lower() for t in trials]).value_counts()
     done = ", ".join(f"{n} {s}" for s, n in counts.items())
-    images = f" ({n_tune} images)" if n_tune else ""
-    seeds_txt = f"each configuration trained with seeds {', '.join(map(str, seeds))}, objective their mean" if len(seeds) > 1 else f"one seed ({seeds[0]}) per configuration"
-    sec = Section("Search")
-    sec.blocks.append(
-        f"{len(trials)} search trials ({done}); {seeds_txt}. The objective and the pruning monitor read the masks of "
-        f"the tune split{images} only, which no other number in this report scores: values here are tune-split values, "
-        "optimistic for the configuration they selected (see the optimism gap under Confirmation)."
-    )
-    table = best_trials(df, ostudy, metric, direction, seeds)
+    seeds = info.seeds
+    seeds_txt = (f"each configuration trained with seeds {', '.join(map(str, seeds))}, objective their mean"
+                 if len(seeds) > 1 else f"one seed ({seeds[0]}) per configuration")  # fmt: skip
+    if info.tuned:
+        images = f" ({info.n_tune} images)" if info.n_tune else ""
+        where = (f"The objective and the pruning monitor read the masks of the tune split{images} only, which no other "
+                 "number in this report scores: values here are tune-split values, optimistic for the configuration "
+                 "they selected (see the optimism gap under Confirmation).")  # fmt: skip
+    else:
+        where = ("No search.tune: the objective was scored on the pseudo-label split itself, so the best value is "
+                 "optimistic by construction; add search.tune and confirm: to compare with a baseline honestly.")  # fmt: skip
+    sec = Section("Search", [f"{len(trials)} search trials ({done}); {seeds_txt}. {where}"])
+    table = best_trials(df, ostudy, info)
     if table is not None:
         sec.blocks.append(table)
     return sec
@@ -203,9 +214,10 @@ def optimism_gap(df: pd.DataFrame, ostudy, metric: str, direction: str) -> pd.Da
     return out.sort_values("trial", kind="stable") if len(out) else out
 
 
-def confirmation_section(df: pd.DataFrame, ostudy, metric: str, direction: str, baseline: str, seeds: list[int]) -> Section:
+def confirmation_section(df: pd.DataFrame, ostudy, info: SearchInfo) -> Section:
     """The Confirmation section's protocol sentence and optimism-gap table with one sentence per
     configuration (the main table of the confirmation runs is the report's usual one)."""
+    metric, direction, baseline, seeds = info.metric, info.direction, info.baseline, info.confirm_seeds
     sec = Section("Confirmation")
     sec.blocks.append(
         f"The best search configurations and the baseline {baseline}, each trained with seeds "

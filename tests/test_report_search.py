@@ -13,7 +13,7 @@ import pytest
 from bench.report_data import T_INTERVAL_BELOW, paired, summary
 from bench.report import claims
 from bench.report_search import (
-    TableBlock, confirmation_section, optimism_gap, search_only_study, search_section, stage_runs,
+    SearchInfo, TableBlock, confirmation_section, optimism_gap, search_only_study, search_section, stage_runs,
 )  # fmt: skip
 
 T_975_DF2 = 4.302652729911275  # Student t quantile 0.975, 2 degrees of freedom (tables: 4.303)
@@ -105,7 +105,7 @@ def test_search_section_lists_search_trials_on_the_tune_split_only():
     ostudy = optuna_study(values)
     confirm = runs({"tkp-pcl-top1": [0.50, 0.54, 0.52], "vit-pcm": [0.45, 0.47, 0.46]}, "confirm", {"tkp-pcl-top1": 1})
     df = pd.concat([search_runs(values), confirm], ignore_index=True)
-    sec = search_section(df, ostudy, "pseudo_miou", "maximize", [0, 1], n_tune=64)
+    sec = search_section(df, ostudy, SearchInfo(seeds=[0, 1], n_tune=64))
     assert sec.title == "Search"
     text = sec.blocks[0]
     assert text.startswith("4 search trials (3 complete, 1 pruned)") and "tune split (64 images)" in text
@@ -132,7 +132,7 @@ def test_optimism_gap_is_the_tune_value_minus_the_confirmed_mean():
     assert top1["gap"] == pytest.approx(0.10)
     assert gap.loc["tkp-pcl-top2", "gap"] == pytest.approx(0.55 - 0.52)
     assert optimism_gap(df, ostudy, "pseudo_miou", "minimize").loc["tkp-pcl-top1", "gap"] == pytest.approx(-0.10)
-    sec = confirmation_section(df, ostudy, "pseudo_miou", "maximize", "vit-pcm", [0, 1, 2])
+    sec = confirmation_section(df, ostudy, SearchInfo(baseline="vit-pcm", confirm_seeds=[0, 1, 2]))
     assert sec.title == "Confirmation" and "baseline vit-pcm" in sec.blocks[0]
     table = sec.blocks[1]
     assert table.name == "optimism_gap" and table.display.loc["tkp-pcl-top1", "optimism gap"] == "+10.0"
@@ -144,6 +144,13 @@ def test_optimism_gap_is_the_tune_value_minus_the_confirmed_mean():
 
 def test_confirmation_section_before_any_confirmation_run():
     ostudy = optuna_study([0.4])
-    sec = confirmation_section(search_runs([0.4]), ostudy, "pseudo_miou", "maximize", "vit-pcm", [0, 1])
+    sec = confirmation_section(search_runs([0.4]), ostudy, SearchInfo(baseline="vit-pcm", confirm_seeds=[0, 1]))
     assert sec.blocks[-1] == "No confirmation run has finished yet."
     assert stage_runs(runs({"a": [0.1]}), "confirm").empty  # no stage tag (a grid study): nothing
+
+
+def test_search_without_a_tune_split_is_labelled_optimistic():
+    ostudy = optuna_study([0.40, 0.62])
+    sec = search_section(search_runs([0.40, 0.62]), ostudy, SearchInfo(tuned=False))
+    assert "No search.tune" in sec.blocks[0] and sec.blocks[1].caption.endswith("optimistic: scored on the images it was chosen on")
+    assert "pseudo mIoU (pseudo-label split)" in sec.blocks[1].display.columns and "seed 0" not in sec.blocks[1].data
