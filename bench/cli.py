@@ -11,9 +11,18 @@ import os
 import signal
 import sys
 from collections import Counter
+from pathlib import Path
+
+from .study import Study, StudyError, load_study  # pydantic + PyYAML only: a bad file fails fast
+from .urls import check_mlflow_uri, check_optuna_storage
 
 EXIT_FAILED_TRIALS = 1
 EXIT_BAD_INPUT = 2
+# (argparse attribute, flag, environment variable, check) of the storage URLs a command may take
+URL_SOURCES = (
+    ("storage", "--storage", "BENCH_OPTUNA_STORAGE", check_optuna_storage),
+    ("tracking_uri", "--tracking-uri", "MLFLOW_TRACKING_URI", check_mlflow_uri),
+)
 
 
 def _err(msg: str) -> int:
@@ -51,15 +60,70 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
+    data = sub.add_parser("data", help="prepare data sets").add_subparsers(dest="data_command", required=True)
+    cm = data.add_parser("coco-masks", help="class-id mask PNGs from COCO instance annotations (as ViT-PCM)")
+    cm.add_argument("--instances", required=True, help="annotations/instances_{train,val}2014.json")
+    cm.add_argument("--out", required=True, help="output folder, e.g. ROOT/SegmentationClass/train2014")
+    cm.add_argument("--min-side", type=int, default=256, help="leave out images smaller than this on a side (256)")
     return p
 
 
+def _study_file(args) -> str | None:
+    """The study file a command names (``bench report`` also takes a bare study name)."""
+    arg = getattr(args, "study", None)
+    if arg and args.command == "report" and not (arg.endswith((".yaml", ".yml")) or Path(arg).is_file()):
+        return None
+    return arg
+
+
+def _check_data_root(path: str, study: Study) -> None:
+    """A data set under a ``root`` folder that does not exist: an error naming ``data.root``."""
+    root = getattr(study.data, "root", None)
+    if root is None or Path(root).expanduser().is_dir():
+        return
+    import importlib
+
+    try:  # the loader's download hint (imports the data modules: only on this error path)
+        hint = "; " + importlib.import_module(f"tkp_pcl.data.{study.data.kind}").DOWNLOAD_HINT
+    except (ImportError, AttributeError):
+        hint = ""
+    raise StudyError(f"{path}: data.root: {study.data.kind.upper()} root {root} does not exist{hint}")
+
+
+def _check_urls(args) -> None:
+    """``--storage`` / ``--tracking-uri``, else their environment variables (the study's own
+    values are checked by its schema), with the same checks, before anything is opened."""
+    for attr, flag, env, check in URL_SOURCES:
+        if not hasattr(args, attr):
+            continue
+        value, source = (getattr(args, attr), flag) if getattr(args, attr) else (os.environ.get(env), f"${env}")
+        if value:
+            try:
+                check(value)
+            except ValueError as e:
+                raise StudyError(f"{source}: {e} (got {value!r})") from None
+
+
+def _validate(args) -> Study | None:
+    """Read and check the command's inputs (study file, URLs, data root) with light imports
+    only, once per process; raises :class:`StudyError`. Returns the study, if a file was named."""
+    if "_study" in vars(args):
+        return args._study
+    _check_urls(args)
+    path = _study_file(args)
+    study = load_study(path) if path else None
+    if study is not None and args.command in ("run", "worker"):
+        _check_data_root(path, study)
+    args._study = study
+    return study
+
+
 def _load(args):
+    """The study, its Optuna storage URL and its MLflow tracking URI (after the precedence rules)."""
+    study = _validate(args)
     from .storage import resolve_storage_url
-    from .study import load_study
     from .tracking import resolve_tracking_uri
 
-    study = load_study(args.study)
     return (study, resolve_storage_url(args.storage, study.tracking.optuna_storage),
             resolve_tracking_uri(args.tracking_uri, study.tracking.mlflow_uri))  # fmt: skip
 
@@ -78,6 +142,7 @@ def cmd_run(args) -> int:
     from tkp_pcl.data import load_splits
 
     load_splits(study.data)  # a missing data set is an error before anything is written
+    _check_weights(study)  # so is a model.pretrained_file that is missing or does not fit
     h = runner.open_study(study, storage_url, tracking_uri, create=True)
     h.tracker.ensure_experiment()
     h.tracker.parent_run()
@@ -95,6 +160,18 @@ def cmd_run(args) -> int:
         console.print("waiting for the trials other workers are running ...")
         runner.wait_for_others(h)
     return _summary(h, console)
+
+
+def _check_weights(study) -> None:
+    """Build each distinct backbone that has a ``model.pretrained_file`` once and load the file;
+    raises :class:`tkp_pcl.weights.WeightsError` (one line: the path and the first bad key)."""
+    from tkp_pcl.model import check_pretrained_file
+
+    from .study import search_variant, study_jobs, variant_config
+
+    configs = [j.config for j in study_jobs(study)] or [variant_config(study, search_variant(study))]
+    for model_cfg in {c.model.model_dump_json(): c.model for c in configs}.values():
+        check_pretrained_file(model_cfg)
 
 
 def _summary(h, console) -> int:
@@ -156,6 +233,7 @@ def cmd_worker(args) -> int:
     from . import runner
 
     study, storage_url, tracking_uri = _load(args)
+    _check_weights(study)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         h = runner.open_study(study, storage_url, tracking_uri, create=False)
@@ -196,16 +274,13 @@ def cmd_ls(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
-
     from . import report
-    from .storage import open_storage, resolve_storage_url, storage_exists
-    from .study import load_study
     from .report_data import ReportError
+    from .storage import open_storage, resolve_storage_url, storage_exists
     from .tracking import resolve_tracking_uri, store_exists
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    study = load_study(args.study) if args.study.endswith((".yaml", ".yml")) or Path(args.study).is_file() else None
+    study = _validate(args)
     name = study.name if study else args.study
     uri = resolve_tracking_uri(args.tracking_uri, study.tracking.mlflow_uri if study else None)
     if not store_exists(uri):
@@ -241,9 +316,28 @@ def cmd_ui(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+def cmd_data(args) -> int:
+    from tkp_pcl.data.coco_convert import write_coco_masks
+
+    s = write_coco_masks(args.instances, args.out, min_side=args.min_side)
+    print(f"{s.written} masks written to {args.out}; left out: {s.too_small} smaller than {args.min_side} px "
+          f"on a side, {s.empty} without object pixels")  # fmt: skip
+    return 0
+
+
+def _input_error_types() -> tuple[type[Exception], ...]:
+    """The exceptions that mean bad input: :class:`StudyError`, and ``DataError`` /
+    ``ReportError`` once their (heavy) modules are imported: one never imported was not raised."""
+    found: list[type[Exception]] = [StudyError]
+    for module, name in (("tkp_pcl.data", "DataError"), ("bench.report_data", "ReportError"), ("tkp_pcl.weights", "WeightsError")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
+def _quiet_libraries(args) -> None:
+    """Logging levels and torch threads: after validation, as it imports Optuna (and torch)."""
     import logging
 
     import optuna
@@ -255,16 +349,21 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from tkp_pcl.data import DataError
 
-    from .report_data import ReportError
-    from .study import StudyError
 
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    commands = {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}
     try:
-        commands = {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report}
+        _validate(args)  # before any heavy import: a bad study file fails in a fraction of a second
+        _quiet_libraries(args)
         return commands[args.command](args)
-    except (StudyError, DataError, ReportError) as e:
-        return _err(str(e))
+    except _input_error_types() as e:
+        msg = str(e)
+        if type(e).__name__ == "DataError" and _study_file(args):
+            msg = f"{_study_file(args)}: data: {msg}"  # found while loading the data set
+        return _err(msg)
     except KeyboardInterrupt:
         print("bench: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

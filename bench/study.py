@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tkp_pcl.config import DataConfig, MethodConfig
 
+from .urls import check_mlflow_uri, check_optuna_storage
+from .yaml_file import YamlFileError, read_yaml
 
-DATA_KINDS = ("synthetic", "voc")
+
+DATA_KINDS = ("synthetic", "voc", "coco")
 
 
 class StudyError(ValueError):
@@ -169,6 +172,20 @@ class TrackingConfig(_Strict):
     mlflow_uri: str | None = None
     optuna_storage: str | None = None
 
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _mlflow_uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_mlflow_uri(v)
+        return v
+
+    @field_validator("optuna_storage")
+    @classmethod
+    def _optuna_storage(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_optuna_storage(v)
+        return v
+
 
 class Study(_Strict):
     name: str
@@ -248,11 +265,15 @@ def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[leaf] = value
 
 
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` (nested and/or dotted keys) into a copy of ``base``."""
+def merge(base: dict[str, Any], overrides: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Deep-merge ``overrides`` (nested and/or dotted keys) into a copy of ``base``; a conflict
+    (a dotted key through a value) is a :class:`StudyError` under the YAML path ``where``."""
     out = copy.deepcopy(base)
     for k, v in flatten(overrides).items():
-        set_dotted(out, k, copy.deepcopy(v))
+        try:
+            set_dotted(out, k, copy.deepcopy(v))
+        except StudyError as e:
+            raise StudyError(f"{where}.{e}" if where else str(e)) from None
     return out
 
 
@@ -288,22 +309,19 @@ def validate_method(raw: dict[str, Any], where: str) -> MethodConfig:
         return MethodConfig.model_validate(raw)
     except ValidationError as e:
         raise StudyError(format_error(e.errors()[0], where)) from None
-    except StudyError as e:
-        raise StudyError(f"{where}.{e}") from None
 
 
 def load_study(path: str | Path) -> Study:
-    """Read and validate a study file (``yaml.safe_load`` only). Raises :class:`StudyError`."""
+    """Read and validate a study file (UTF-8, safe YAML, no duplicate keys). Raises
+    :class:`StudyError` with one line ``FILE: YAML.PATH: what is wrong``. Needs pydantic and
+    PyYAML only: nothing heavy is imported, so a bad file fails fast."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"{path}: study file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise StudyError(f"{path}{where}: invalid YAML: {problem}") from None
+        raw = read_yaml(path)
+    except YamlFileError as e:
+        raise StudyError(str(e)) from None
     if not isinstance(raw, dict):
         raise StudyError(f"{path}: a study file must be a mapping of keys (name, data, base, variants, ...)")
     try:
@@ -314,18 +332,45 @@ def load_study(path: str | Path) -> Study:
         study_jobs(study)  # every variant, grid point and search space resolves
         _check_search(study)
         _check_protocol(study)
+        check_stage2_overlap(study)
     except StudyError as e:
         raise StudyError(f"{path}: {e}") from None
     return study
 
 
-def parse_data(raw: dict[str, Any]):
-    return TypeAdapter(DataConfig).validate_python(raw)
+def check_stage2_overlap(study: Study) -> None:
+    """Refuse a study whose stage-2 training images (``data.seg_train_split``) include images
+    its segmentation is scored on (``data.val_split``), by id. Skipped while the data set is
+    missing: loading it for the run is then the error."""
+    from tkp_pcl.data import DataError, seg_train_split_name, split_ids
+
+    data = study.data
+    if data.kind == "synthetic" or not _stage2_enabled(study):
+        return
+    name = seg_train_split_name(data)
+    try:
+        train, val = split_ids(data, name), split_ids(data, data.val_split)
+    except DataError:
+        return
+    common = sorted(set(train) & set(val))
+    if common:
+        key = "data.seg_train_split" + ("" if data.seg_train_split else f" (= data.train_split {name!r})")
+        raise StudyError(
+            f"{key}: {len(common)} images also in data.val_split {data.val_split!r} (e.g. {common[0]}); "
+            "stage 2 must not train on the images it is scored on: set data.seg_train_split to another split"
+        )
+
+
+def _stage2_enabled(study: Study) -> bool:
+    if study.search is not None:
+        return variant_config(study, search_variant(study)).segment.enabled
+    return any(job.config.segment.enabled for job in study_jobs(study))
 
 
 def variant_config(study: Study, variant: str) -> MethodConfig:
     validate_method(study.base, "base")
-    return validate_method(merge(study.base, study.variants[variant]), f"variants.{variant}")
+    where = f"variants.{variant}"
+    return validate_method(merge(study.base, study.variants[variant], where), where)
 
 
 def study_jobs(study: Study) -> list[Job]:
@@ -338,11 +383,11 @@ def study_jobs(study: Study) -> list[Job]:
             raise StudyError(f"grid.{k}: needs at least one value")
     jobs = []
     for variant in study.variants:
-        base = merge(study.base, study.variants[variant])
         variant_config(study, variant)
+        base = merge(study.base, study.variants[variant])
         for point in itertools.product(*(v for _, v in axes)):
             gp = tuple(zip((k for k, _ in axes), point))
-            raw = merge(base, dict(gp))
+            raw = merge(base, dict(gp), "grid")
             cfg = validate_method(raw, "grid" if gp else f"variants.{variant}")
             for seed in study.seeds:
                 c = cfg.model_copy(deep=True)
@@ -359,10 +404,11 @@ def _check_search(study: Study) -> None:
     variant = s.variant or next(iter(study.variants))
     if variant not in study.variants:
         raise StudyError(f"search.variant: {variant!r} is not a variant; variants: {', '.join(study.variants)}")
+    variant_config(study, variant)
     base = merge(study.base, study.variants[variant])
     for path, spec in s.space.items():
         probe = spec.choices[0] if isinstance(spec, CategoricalParam) else spec.low
-        validate_method(merge(base, {path: probe}), f"search.space.{path}")
+        validate_method(merge(base, {path: probe}, "search.space"), "search.space")
         if path not in flatten(MethodConfig().model_dump()):
             raise StudyError(f"search.space.{path}: not a configuration value")
 
@@ -375,6 +421,6 @@ def search_variant(study: Study) -> str:
 def job_config_for_search(study: Study, params: dict[str, Any]) -> MethodConfig:
     """The configuration of a search trial: the searched variant with the sampled values."""
     variant = search_variant(study)
-    cfg = validate_method(merge(merge(study.base, study.variants[variant]), params), "search")
+    cfg = validate_method(merge(merge(study.base, study.variants[variant]), params, "search.space"), "search.space")
     cfg.train.seed = study.search.seed
     return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import tempfile
@@ -17,11 +18,11 @@ import pandas as pd
 import yaml
 
 from tkp_pcl.config import MethodConfig
-from tkp_pcl.data import Splits, load_splits
+from tkp_pcl.data import Split, Splits, load_splits, seg_train_split_name, unscored
 from tkp_pcl.metrics import miou
 from tkp_pcl.pseudo import make_pseudo_labels
 from tkp_pcl.segment import train_segmentation
-from tkp_pcl.train import distributed, load_checkpoint, train_stage1
+from tkp_pcl.train import Stage1Result, distributed, load_checkpoint, train_stage1
 
 from .overlay import example_rows, overlay_grid, save_png
 from .storage import worker_identity
@@ -109,12 +110,50 @@ def job_paths(workdir: Path, key: str) -> tuple[Path, Path]:
     return workdir / "checkpoints" / f"{job_id}.ckpt", workdir / "pseudo" / job_id
 
 
-def run_stage2(ctx: TrialContext, cfg: MethodConfig, run_id: str, label_root: Path) -> dict[str, float]:
-    """Train the segmentation network on the pseudo labels just written; score it on val."""
-    tracker = ctx.tracker
+def _counting(split: Split, report: Callable[[int, int], None]) -> Split:
+    """``split`` calling ``report(images loaded, total)`` as its images are read."""
+    count = [0]
+
+    def load_image(i: int) -> np.ndarray:
+        count[0] += 1
+        report(count[0], len(split))
+        return split.load_image(i)
+
+    return dataclasses.replace(split, load_image=load_image)
+
+
+def stage2_labels(
+    ctx: TrialContext, cfg: MethodConfig, stage1: Stage1Result, label_root: Path
+) -> tuple[Path, dict[str, float]]:
+    """Pseudo labels of stage 2's training split in ``label_root`` (CRF-refined where the study
+    trains on those): the pseudo split's were written already, the rest of the split's images
+    are predicted now (CRF in the process pool; never scored, masks not read)."""
     crf = cfg.pseudo.crf.enabled and cfg.segment.use_crf_labels
+    split, done = ctx.splits.seg_train, set(ctx.splits.pseudo.ids)
+    split.all_labels()  # from the masks, once (stage 1 has usually done it): subsets share them
+    todo = [i for i, image_id in enumerate(split.ids) if image_id not in done]
+    t0 = time.perf_counter()
+    if todo:
+        what = f"stage-2 pseudo labels ({seg_train_split_name(ctx.study.data)})"
+        report = (lambda n, total: ctx.on_progress(what, n, total)) if ctx.on_progress else (lambda n, total: None)
+        make_pseudo_labels(
+            stage1.model, _counting(unscored(split.subset(todo)), report), cfg.pseudo, stage1.device,
+            out_dir=label_root, use_crf=crf, progress=ctx.on_progress is None,
+        )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    return label_root / ("pseudo_crf" if crf else "pseudo"), {"seg_pseudo_seconds": seconds, "seg_train_images": len(split)}
+
+
+def run_stage2(
+    ctx: TrialContext, cfg: MethodConfig, run_id: str, label_root: Path, stage1: Stage1Result
+) -> dict[str, float]:
+    """Make the pseudo labels of stage 2's training split (``data.seg_train_split``; logged as
+    param ``segment.train_split``), train the segmentation network on them, score it on val."""
+    tracker = ctx.tracker
+    tracker.client.log_param(run_id, "segment.train_split", seg_train_split_name(ctx.study.data))
+    label_dir, metrics = stage2_labels(ctx, cfg, stage1, label_root)
     seg = train_segmentation(
-        cfg.segment, cfg.model, ctx.splits.pseudo, label_root / ("pseudo_crf" if crf else "pseudo"), ctx.splits.val,
+        cfg.segment, cfg.model, ctx.splits.seg_train, label_dir, ctx.splits.val,
         seed=cfg.train.seed, device=cfg.train.device, keep_examples=N_EXAMPLES, progress=False,
         loader_workers=ctx.splits.loader_workers, on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
     )  # fmt: skip
@@ -126,7 +165,8 @@ def run_stage2(ctx: TrialContext, cfg: MethodConfig, run_id: str, label_root: Pa
         pd.DataFrame(seg.conf, index=names, columns=names).to_csv(d / "confusion_matrix_seg.csv")
         for f in sorted(d.iterdir()):
             tracker.log_artifact(run_id, f)
-    return {"seg_miou": mean, "seg_seconds": seg.seconds, **{f"seg_iou_{class_key(c)}": v for c, v in zip(names, per)}}
+    metrics.update(seg_miou=mean, seg_seconds=seg.seconds)
+    return {**metrics, **{f"seg_iou_{class_key(c)}": v for c, v in zip(names, per)}}
 
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> optuna.trial.TrialState:
@@ -188,7 +228,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> optuna.trial.TrialState
         metrics, table = final_metrics(pseudo.conf, pseudo.conf_crf, ctx.splits.class_names)
         metrics.update(train_seconds=t1 - t0, pseudo_seconds=pseudo.seconds)
         if cfg.segment.enabled:
-            metrics.update(run_stage2(ctx, cfg, run_id, label_root))
+            metrics.update(run_stage2(ctx, cfg, run_id, label_root, result))
         metrics["trial_seconds"] = time.perf_counter() - t_start
         tracker.log_metrics(run_id, metrics, step=epochs)
         write_artifacts(tracker, run_id, cfg, study, pseudo, table, list(ctx.splits.class_names))

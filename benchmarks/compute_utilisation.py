@@ -13,9 +13,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import emit, quickstart_job
-from tkp_pcl.losses import equivariance_loss, image_loss, patch_contrastive_error, patch_labels_from_probs
 from tkp_pcl.model import PatchClassifier
-from tkp_pcl.pooling import pool
+from tkp_pcl.objective import stage1_loss
 
 
 def matmul_flops(n: int, k: int, m: int, seconds: float = 2.0) -> float:
@@ -42,13 +41,10 @@ def main() -> None:
     images = torch.randint(0, 255, (b, 3, s, s), dtype=torch.uint8)
     labels = (torch.rand(b, 7) < 0.4).float()
     labels[:, 0] = 1
+    gen = torch.Generator().manual_seed(0)
 
-    def step() -> None:
-        out = model(torch.cat([images, images.flip(-1)]))
-        both = labels.repeat(2, 1)
-        loss = image_loss(pool(out.probs, "topk", k_ratio=cfg.pooling.k_ratio), both)
-        loss = loss + equivariance_loss(out.probs[:b], out.probs[b:], labels, out.grid)
-        loss = loss + 0.1 * patch_contrastive_error(out.embeddings, patch_labels_from_probs(out.probs, both))
+    def step() -> None:  # the training step of train_stage1, with the study's own loss settings
+        loss = stage1_loss(model, images, labels, cfg, gen, use_pce=cfg.loss.pce_weight > 0)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

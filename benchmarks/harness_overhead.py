@@ -23,9 +23,8 @@ from torch.utils.data import DataLoader
 
 from common import ROOT, emit, quickstart_job
 from tkp_pcl.data import load_splits
-from tkp_pcl.losses import equivariance_loss, image_loss, patch_contrastive_error, patch_labels_from_probs
 from tkp_pcl.model import PatchClassifier
-from tkp_pcl.pooling import pool
+from tkp_pcl.objective import stage1_loss
 from tkp_pcl.train import ImageLabelDataset, monitor_miou
 
 
@@ -38,17 +37,12 @@ def bare_loop(cfg, splits, epochs: int, monitor: bool = False) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     loader = DataLoader(ImageLabelDataset(splits.train, cfg.model.img_size), batch_size=cfg.train.batch_size,
                         shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))  # fmt: skip
-    lc, n = cfg.loss, 0
+    lc, n, gen = cfg.loss, 0, torch.Generator().manual_seed(cfg.train.seed)
     for epoch in range(epochs):
         for images, labels in loader:
             b = images.shape[0]
-            out = model(torch.cat([images, images.flip(-1)]))
-            both = labels.repeat(2, 1)
-            loss = image_loss(pool(out.probs, cfg.pooling.kind, k_ratio=cfg.pooling.k_ratio), both)
-            loss = loss + lc.eq_weight * equivariance_loss(out.probs[:b], out.probs[b:], labels, out.grid)
-            if epoch >= lc.pce_warmup_epochs:
-                pl = patch_labels_from_probs(out.probs, both)
-                loss = loss + lc.pce_weight * patch_contrastive_error(out.embeddings, pl, lc.pce_temperature, lc.pce_max_patches)
+            use_pce = lc.pce_weight > 0 and epoch >= lc.pce_warmup_epochs
+            loss = stage1_loss(model, images, labels, cfg, gen, use_pce)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)

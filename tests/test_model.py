@@ -31,9 +31,11 @@ def test_hv_bilstm_and_a_timm_model_with_registers():
 
 
 def test_image_size_mismatch_is_a_clear_error():
+    """Any whole number of patches runs (position embeddings resampled); anything else is an error."""
     cfg = ModelConfig(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
-    with pytest.raises(Exception, match="32"):
-        PatchClassifier(cfg, 3)(torch.rand(1, 3, 48, 48))
+    assert PatchClassifier(cfg, 3)(torch.rand(1, 3, 48, 48)).grid == (6, 6)
+    with pytest.raises(ValueError, match="36x36 px are not a whole number of 8x8 px patches"):
+        PatchClassifier(cfg, 3)(torch.rand(1, 3, 36, 36))
 
 
 def test_pretrained_path_is_real():

@@ -32,10 +32,16 @@ def test_report_files(smoke_dir):
     out = smoke_dir / "reports" / "smoke"
     for f in ["report.md", "report.html", "tables/main.csv", "tables/main.tex", "tables/status.csv",
               "tables/per_class_iou.csv", "tables/per_class_iou.tex", "plots/variants.png",
-              "plots/per_class_iou.png", "plots/training_curves.png", "plots/overlays.png"]:  # fmt: skip
+              "plots/per_class_iou.png", "plots/training_curves.png", "plots/overlays.png",
+              "tables/protocol.csv", "tables/protocol.tex"]:  # fmt: skip
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     md = (out / "report.md").read_text()
     assert "paired t-test" in md and "tkp-pcl vs vit-pcm" in md and "Incomplete" not in md
+    assert "## Protocol" in md and "protocol elements differ from ViT-PCM's published protocol" in md
+    card = pd.read_csv(out / "tables" / "protocol.csv", index_col="element", keep_default_na=False)
+    assert card.loc["pooling", "this study"] == "vit-pcm: max; tkp-pcl: topk k_ratio=0.1"
+    assert card.loc["pooling", "mark"] == "differs: tkp-pcl"
+    assert card.loc["train size", "this study"] == "48 px (6x6 patches)"
     for img in re.findall(r"\]\((plots/[^)]+)\)", md):
         assert (out / img).is_file()
 
@@ -65,6 +71,7 @@ def test_main_table_equals_a_recomputation_from_mlflow(smoke_dir):
 
 def test_latex_is_booktabs(smoke_dir):
     tex = (smoke_dir / "reports/smoke/tables/main.tex").read_text()
+    assert r"\caption{smoke: mIoU (\%), mean $\pm$ std over seeds}" in tex and r"\label{tab:smoke-main}" in tex
     assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and r"\textbf{" in tex
     body = tex.split(r"\midrule")[1]
@@ -89,6 +96,41 @@ def test_html_renders_in_headless_chromium_with_every_image(smoke_dir, tmp_path)
     assert 'data-images-loaded="true"' in dom, dom[:500]
     assert f'data-images="{n_img}"' in dom
     assert dom.count("<table") >= 1 and "tkp-pcl" in dom
+
+
+def test_report_with_missing_artifacts_leaves_out_what_it_cannot_draw(smoke_dir, tmp_path, monkeypatch, capsys):
+    """Issue 10, case 7: artifacts deleted from the store; the report is written without the
+    figures that need them, says so in the report and on stderr."""
+    monkeypatch.chdir(smoke_dir)
+    art, hidden = smoke_dir / "mlartifacts", smoke_dir / "mlartifacts.hidden"
+    mlflow.set_tracking_uri(f"sqlite:///{smoke_dir}/mlflow.db")
+    try:
+        runs = mlflow.search_runs(experiment_names=["smoke"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    run = runs[(runs["tags.bench.variant"] == "tkp-pcl") & (runs["tags.bench.seed"] == "0")]["run_id"].item()
+    one = next(art.rglob(f"{run}/**/examples.npz"))
+    one.rename(tmp_path / "examples.npz")
+    try:  # one run's examples gone: the next seed stands in
+        assert main(["report", "smoke.yaml", "--out", str(tmp_path / "part")]) == 0
+    finally:
+        (tmp_path / "examples.npz").rename(one)
+    err = capsys.readouterr().err
+    assert "bench: warning: Missing artifacts: examples.npz" in err and "tkp-pcl seed 0;" in err
+    assert (tmp_path / "part/plots/overlays.png").is_file()
+    art.rename(hidden)
+    try:  # the whole artifact store gone
+        assert main(["report", "smoke.yaml", "--out", str(tmp_path / "none")]) == 0
+    finally:
+        hidden.rename(art)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in err if line.startswith("bench: warning:")]) == 1
+    md = (tmp_path / "none/report.md").read_text()
+    assert "> **Warning:** Missing artifacts: examples.npz" in md and "vit-pcm seeds 0, 1, 2" in md and "the figure is left out" in md
+    assert not (tmp_path / "none/plots/overlays.png").exists() and "overlays.png" not in md
+    for f in ("variants.png", "per_class_iou.png", "training_curves.png"):
+        assert (tmp_path / "none/plots" / f).is_file() and f"plots/{f}" in md
+    assert "Missing artifacts" in (tmp_path / "none/report.html").read_text()
 
 
 def test_incomplete_study_is_flagged(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """A whole study on the tiny VOC-layout fixture (real VOC image included): loader, stage 1,
-pseudo labels with CRF at the images' own sizes, stage 2, MLflow."""
+pseudo labels with CRF at the images' own sizes, stage 2 on train_aug's pseudo labels, MLflow."""
 
 import pytest
 
@@ -23,5 +23,6 @@ def test_bench_run_on_a_voc_layout(tmp_path, monkeypatch):
     children, _ = child_runs("sqlite:///mlflow.db", "voc_tiny")
     run = children.iloc[0]
     assert run["status"] == "FINISHED"
+    assert run["params.segment.train_split"] == "train_aug" and run["metrics.seg_train_images"] == 4  # train + 1
     for m in ("pseudo_miou", "pseudo_miou_crf", "seg_miou", "iou_aeroplane", "iou_person"):
         assert 0 <= run[f"metrics.{m}"] <= 1, m

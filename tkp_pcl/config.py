@@ -21,6 +21,9 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -30,10 +33,15 @@ class ModelConfig(_Strict):
 
     ``depth``, ``embed_dim``, ``num_heads`` and ``patch_size`` override the timm model's own
     values (for small CPU models trained from scratch); ``None`` keeps timm's.
+
+    Weights: ``pretrained_file`` (a timm state dict, ``.pth``/``.pt`` or ``.safetensors``, e.g.
+    on a shared disk; a relative path is taken from the working directory) wins over
+    ``pretrained`` (timm's weights from the Hugging Face cache); neither: trained from scratch.
     """
 
     backbone: str = "vit_tiny_patch16_224"
     pretrained: bool = False
+    pretrained_file: str | None = Field(None, min_length=1)
     img_size: int = Field(64, ge=16, le=1024)
     patch_size: int | None = Field(8, ge=2, le=64)
     depth: int | None = Field(4, ge=1, le=48)
@@ -41,6 +49,9 @@ class ModelConfig(_Strict):
     num_heads: int | None = Field(4, ge=1, le=32)
     hv_bilstm: bool = False
     lstm_hidden: int = Field(64, ge=4)
+    lstm_dropout: float = Field(0.0, ge=0, lt=1)
+    """HV-BiLSTM dropout as ViT-PCM's: on its input, and on each LSTM's input with one mask per
+    sequence (Keras ``LSTM(dropout=)``); 0 = none (ViT-PCM: 0.2)."""
     dropout: float = Field(0.2, ge=0, lt=1)
     proj_dim: int = Field(64, ge=4, le=1024)
 
@@ -55,6 +66,8 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})"
             )
+        if self.pretrained_file is not None and not self.pretrained_file.lower().endswith(WEIGHT_SUFFIXES):
+            raise ValueError(f"pretrained_file must end in {', '.join(WEIGHT_SUFFIXES)} (got {self.pretrained_file!r})")
         return self
 
 
@@ -68,10 +81,23 @@ class PoolingConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """Weights and forms of the three terms: image BCE, flip equivariance, PCE."""
+    """Weights and forms of the terms: image BCE, equivariance, PCE, classifier L2.
+
+    ``eq_form``: ``flip`` (each batch and its mirror in one forward, each the other's target) or
+    ``vitpcm`` (ViT-PCM's: an eval-mode teacher on view 1, the student on 2x2 mosaics of
+    half-size views with their own flips, transpose and patch-aligned crop; see
+    :mod:`tkp_pcl.equivariance`).
+    """
 
     cls_weight: float = Field(1.0, ge=0)
     eq_weight: float = Field(1.0, ge=0)
+    eq_form: Literal["flip", "vitpcm"] = "flip"
+    eq_crop_prob: float = Field(0.3, ge=0, le=1)
+    """``vitpcm`` only: probability of the patch-aligned crop of view 2 (ViT-PCM: 0.3 on VOC,
+    0 on COCO); the crop side is 128/384 of the image, in whole patches."""
+    cls_l2: float = Field(0.0, ge=0)
+    """L2 penalty ``cls_l2 * sum(W**2)`` on the classifier's weights as a loss term (ViT-PCM:
+    0.01, logged as ``loss_l2``)."""
     pce_weight: float = Field(0.1, ge=0)
     pce_form: Literal["infonce", "margin"] = "infonce"
     pce_temperature: float = Field(0.1, gt=0)
@@ -89,6 +115,18 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    """``adamw``: decoupled ``weight_decay``; ``adam``: plain Adam, no weight decay at all."""
+    frozen_epochs: int = Field(0, ge=0)
+    """Warm-up epochs with the whole backbone frozen at a constant ``frozen_lr`` (ViT-PCM: 1 at
+    1e-3); ``lr``, ``schedule`` and ``warmup_epochs`` apply to the epochs after them, with a
+    fresh optimizer."""
+    frozen_lr: float = Field(1e-3, gt=0)
+    trainable_blocks: int | None = Field(None, ge=0)
+    """After the frozen epochs, train only the backbone's last N transformer blocks and its final
+    norm (ViT-PCM: 5); ``None`` trains the whole backbone."""
+    color_jitter: bool = False
+    """ViT-PCM's colour jitter on every view: brightness, contrast, saturation, hue, p 0.5 each."""
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
@@ -98,6 +136,12 @@ class TrainConfig(_Strict):
     seed: int = 0
     monitor_images: int = Field(64, ge=0)
     num_threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _frozen_fewer_than_epochs(self) -> "TrainConfig":
+        if self.frozen_epochs >= self.epochs:
+            raise ValueError(f"frozen_epochs ({self.frozen_epochs}) must be < epochs ({self.epochs})")
+        return self
 
 
 class CRFConfig(_Strict):
@@ -113,9 +157,12 @@ class CRFConfig(_Strict):
 
 
 class PseudoConfig(_Strict):
-    """Patch maps -> pseudo labels. ``input_size`` None predicts at the training size."""
+    """Patch maps -> pseudo labels. ``input_size``: the side in px images are resized to for
+    prediction (ViT-PCM: 960 for a model trained at 384); the ViT's position embeddings are
+    resampled to that grid; a multiple of the patch size; None predicts at ``model.img_size``.
+    Labels are made at each image's own resolution either way."""
 
-    input_size: int | None = Field(None, ge=16)
+    input_size: int | None = Field(None, ge=16, le=4096)
     crf: CRFConfig = Field(default_factory=CRFConfig)
     workers: int = Field(2, ge=1)
 
@@ -124,19 +171,32 @@ class SegmentConfig(_Strict):
     """Stage 2: a segmentation network trained on the pseudo labels, scored on val masks.
 
     ``vit_decoder``: a timm ViT shaped like ``model`` (fresh weights) with a linear per-patch
-    decoder, upsampled; ``deeplabv3_mobilenet_v3_large`` / ``deeplabv3_resnet50``: torchvision's
-    DeepLabv3 (``weights=None``; ``pretrained_backbone`` loads ImageNet weights where present).
+    decoder, upsampled; ``deeplabv3_mobilenet_v3_large`` / ``deeplabv3_resnet50`` /
+    ``deeplabv3_resnet101``: torchvision's DeepLabv3 (``weights=None``; ``pretrained_backbone``
+    loads ImageNet weights where present). ``optimizer``: ``adamw`` or ``sgd`` (momentum
+    ``momentum``, as DeepLab), both with the poly schedule; ``head_lr_mult`` multiplies the lr of
+    the decoder head (DeepLab: 10). Scale 1 is the image's own size, in training (random scale in
+    [``scale_min``, ``scale_max``], then a ``crop_size`` crop) and in evaluation (each of
+    ``eval_scales``, aspect kept, logits resized back to H x W and averaged, with flips where
+    ``eval_flip``).
     ``amp`` (CUDA: bf16, or fp16 with a GradScaler), ``channels_last`` (helps the convolutions of
     DeepLab, not a ViT) and ``compile`` (``torch.compile`` of the training forward) are speed
     options that leave the result's meaning unchanged.
     """
 
     enabled: bool = False
-    model: Literal["vit_decoder", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50"] = "vit_decoder"
+    model: Literal["vit_decoder", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101"] = (
+        "vit_decoder"
+    )
     pretrained_backbone: bool = False
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(16, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD's momentum (unused by adamw)."""
+    head_lr_mult: float = Field(1.0, gt=0)
+    """lr of the decoder head / lr of the backbone (DeepLab: 10)."""
     weight_decay: float = Field(1e-4, ge=0)
     crop_size: int | None = Field(None, ge=16)
     scale_min: float = Field(0.75, gt=0)
@@ -165,6 +225,23 @@ class MethodConfig(_Strict):
     pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
 
+    @model_validator(mode="after")
+    def _pseudo_size_in_patches(self) -> "MethodConfig":
+        size, patch = self.pseudo.input_size, self.model.patch_size
+        if size is not None and patch is not None and size % patch:
+            raise ValueError(f"pseudo.input_size ({size}) must be a multiple of model.patch_size ({patch})")
+        return self
+
+    @model_validator(mode="after")
+    def _vitpcm_needs_even_grid(self) -> "MethodConfig":
+        m = self.model
+        if self.loss.eq_form == "vitpcm" and m.patch_size and (m.img_size // m.patch_size) % 2:
+            raise ValueError(
+                f"loss.eq_form vitpcm packs half-size views into 2x2 mosaics: the patch grid "
+                f"(img_size / patch_size = {m.img_size // m.patch_size}) must be even"
+            )
+        return self
+
 
 class SyntheticDataConfig(_Strict):
     """The procedural scenes of :mod:`tkp_pcl.data.synthetic`."""
@@ -188,16 +265,39 @@ class SyntheticDataConfig(_Strict):
 
 class VOCDataConfig(_Strict):
     """PASCAL VOC 2012 layout under ``root``: stage 1 trains on ``train_split``, pseudo labels
-    are made and scored on ``pseudo_split``, segmentation is scored on ``val_split``."""
+    are made and scored on ``pseudo_split``, stage 2 trains on the pseudo labels of
+    ``seg_train_split`` (None: ``train_split``) and is scored on ``val_split``."""
 
     kind: Literal["voc"] = "voc"
     root: str
     train_split: str = "train_aug"
     pseudo_split: str = "train"
+    seg_train_split: str | None = None
+    """Stage 2's training images (their pseudo labels); None: the stage-1 ``train_split``."""
     val_split: str = "val"
     mask_dir: Literal["auto", "SegmentationClass", "SegmentationClassAug"] = "auto"
     max_images: int | None = Field(None, ge=1)
     loader_workers: int = Field(4, ge=0)
 
 
-DataConfig = Annotated[Union[SyntheticDataConfig, VOCDataConfig], Field(discriminator="kind")]
+class CocoDataConfig(_Strict):
+    """MS COCO 2014 under ``root``: ``train2014/``, ``val2014/`` (JPEGs) and class-id masks
+    ``SegmentationClass/{train2014,val2014}/*.png`` (``bench data coco-masks``). Stage 1 trains on
+    ``train_split``, pseudo labels are scored on the first ``pseudo_images`` of ``pseudo_split``
+    (None: all), stage 2 trains on ``seg_train_split`` (None: ``train_split``) and is scored on
+    ``val_split``. Only images with a mask are used; ``max_images`` caps every split."""
+
+    kind: Literal["coco"] = "coco"
+    root: str
+    train_split: Literal["train2014", "val2014"] = "train2014"
+    pseudo_split: Literal["train2014", "val2014"] = "train2014"
+    pseudo_images: int | None = Field(None, ge=1)
+    """How many images of ``pseudo_split`` pseudo labels are scored on (the first, by id)."""
+    seg_train_split: Literal["train2014", "val2014"] | None = None
+    """Stage 2's training images (their pseudo labels); None: the stage-1 ``train_split``."""
+    val_split: Literal["train2014", "val2014"] = "val2014"
+    max_images: int | None = Field(None, ge=1)
+    loader_workers: int = Field(4, ge=0)
+
+
+DataConfig = Annotated[Union[SyntheticDataConfig, VOCDataConfig, CocoDataConfig], Field(discriminator="kind")]

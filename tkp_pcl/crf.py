@@ -28,7 +28,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFConfig) -> np.nda
     d.addPairwiseBilateral(
         sxy=params.bilateral_sxy,
         srgb=params.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+        rgbim=np.require(image, np.uint8, ["C", "W"]),  # pydensecrf refuses read-only buffers
         compat=params.bilateral_compat,
     )
     q = np.asarray(d.inference(params.iterations), dtype=np.float32).reshape(k, h, w)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .weights import load_pretrained_file
 
 
 @dataclass
@@ -17,8 +18,8 @@ class PatchOutput:
     """What one forward pass gives.
 
     ``probs`` (B, N, C) softmax over classes per patch (background is class 0);
-    ``embeddings`` (B, N, d) L2-normalised projections for PCE; ``grid`` the (h, w) patch grid,
-    N = h * w.
+    ``embeddings`` (B, N, d) L2-normalised projections for PCE; ``grid`` the (h, w) patch grid of
+    this input, N = h * w (``H // patch, W // patch`` for images (B, 3, H, W)).
     """
 
     probs: Tensor
@@ -26,22 +27,40 @@ class PatchOutput:
     grid: tuple[int, int]
 
 
+def sequence_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout with one mask per sequence, the same at every step: (n, L, d) -> (n, L, d). What
+    Keras' ``LSTM(dropout=p)`` applies to an LSTM's inputs (PyTorch's ``nn.LSTM(dropout=)`` acts
+    only between stacked layers)."""
+    if not training or p == 0:
+        return x
+    return x * F.dropout(x.new_ones(x.shape[0], 1, x.shape[2]), p, training=True)
+
+
 class HVBiLSTM(nn.Module):
     """ViT-PCM's patch conditioning: a BiLSTM along rows and one along columns, concatenated.
 
     (B, h, w, D) -> (B, h, w, D); when 4 * hidden != D a linear layer maps back to D.
+    ``dropout`` as ViT-PCM's (``Dropout(p)`` on the input, then ``LSTM(dropout=p)``): element-wise
+    dropout on the input, then each LSTM's input sequences get their own per-sequence mask
+    (:func:`sequence_dropout`). No dropout on the output here: the classifier's own dropout
+    (``model.dropout``) follows, as in ViT-PCM.
     """
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.rows = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
         self.cols = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
         self.out = nn.Identity() if 4 * hidden == dim else nn.Linear(4 * hidden, dim)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.p = dropout
 
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, d = x.shape
-        rows, _ = self.rows(x.reshape(b * h, w, d))
-        cols, _ = self.cols(x.transpose(1, 2).reshape(b * w, h, d))
+        x = self.drop(x)
+        rows = sequence_dropout(x.reshape(b * h, w, d), self.p, self.training)
+        cols = sequence_dropout(x.transpose(1, 2).reshape(b * w, h, d), self.p, self.training)
+        rows, _ = self.rows(rows)
+        cols, _ = self.cols(cols)
         rows = rows.reshape(b, h, w, -1)
         cols = cols.reshape(b, w, h, -1).transpose(1, 2)
         return self.out(torch.cat([rows, cols], dim=-1))
@@ -49,7 +68,12 @@ class HVBiLSTM(nn.Module):
 
 def create_backbone(cfg: ModelConfig, **extra) -> nn.Module:
     """A timm ViT without its head; ``None`` fields keep the timm model's own values; ``extra``
-    goes to ``timm.create_model`` (e.g. ``dynamic_img_size=True``)."""
+    goes to ``timm.create_model`` (e.g. ``dynamic_img_size=True``).
+
+    Weights: ``cfg.pretrained_file`` when set (it wins over ``cfg.pretrained``; see
+    :func:`tkp_pcl.weights.load_pretrained_file`), else timm's pretrained weights (Hugging Face
+    cache) when ``cfg.pretrained``, else a fresh initialisation.
+    """
     overrides = {
         k: v
         for k, v in dict(
@@ -60,38 +84,58 @@ def create_backbone(cfg: ModelConfig, **extra) -> nn.Module:
         ).items()
         if v is not None
     }
+    from_hub = cfg.pretrained and cfg.pretrained_file is None
     try:
-        return timm.create_model(
+        model = timm.create_model(
             cfg.backbone,
-            pretrained=cfg.pretrained,
+            pretrained=from_hub,
             num_classes=0,
             img_size=cfg.img_size,
             **overrides,
             **extra,
         )
     except RuntimeError as e:
-        if cfg.pretrained and ("Hub" in str(e) or "download" in str(e).lower()):
+        if from_hub and ("Hub" in str(e) or "download" in str(e).lower()):
             raise RuntimeError(
                 f"pretrained weights for {cfg.backbone!r} could not be loaded ({e}); put them in "
-                "the Hugging Face cache (HF_HOME) or set model.pretrained: false"
+                "the Hugging Face cache (HF_HOME), or a file in model.pretrained_file, or set "
+                "model.pretrained: false"
             ) from e
         raise
+    if cfg.pretrained_file is not None:
+        load_pretrained_file(model, cfg.pretrained_file)
+    return model
+
+
+def check_pretrained_file(cfg: ModelConfig) -> None:
+    """Build the backbone of ``cfg`` once to check its ``pretrained_file`` (no-op when unset).
+    Raises :class:`tkp_pcl.weights.WeightsError`: a harness can refuse a study before training."""
+    if cfg.pretrained_file is not None:
+        create_backbone(cfg)
 
 
 class PatchClassifier(nn.Module):
-    """One model for ViT-PCM, TK only, PCL only and TKP-PCL (the difference is in the losses)."""
+    """One model for ViT-PCM, TK only, PCL only and TKP-PCL (the difference is in the losses).
+
+    The backbone is built with timm's ``dynamic_img_size=True``: at ``cfg.img_size`` it computes
+    exactly what a fixed-size ViT does (its position embeddings are used as they are); any other
+    multiple of the patch size resamples them (bicubic, ``timm.layers.resample_abs_pos_embed``)
+    to that grid, which is how pseudo labels are made at ``pseudo.input_size``. ``grid`` is the
+    patch grid at ``cfg.img_size``; each forward reports the grid of its own input.
+    """
 
     def __init__(self, cfg: ModelConfig, num_classes: int):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
-        self.backbone = create_backbone(cfg)
+        self.backbone = create_backbone(cfg, dynamic_img_size=True)
         if not hasattr(self.backbone, "patch_embed"):
             raise ValueError(f"backbone {cfg.backbone!r} is not a timm ViT (no patch_embed)")
         dim = self.backbone.num_features
         self.grid: tuple[int, int] = tuple(self.backbone.patch_embed.grid_size)
+        self.patch: tuple[int, int] = tuple(self.backbone.patch_embed.patch_size)
         self.num_prefix = getattr(self.backbone, "num_prefix_tokens", 1)
-        self.condition = HVBiLSTM(dim, cfg.lstm_hidden) if cfg.hv_bilstm else nn.Identity()
+        self.condition = HVBiLSTM(dim, cfg.lstm_hidden, cfg.lstm_dropout) if cfg.hv_bilstm else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(dim, num_classes, bias=False)
         self.projection = nn.Sequential(
@@ -101,19 +145,28 @@ class PatchClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(pc.get("mean", (0.5,) * 3)).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(pc.get("std", (0.5,) * 3)).view(1, 3, 1, 1))
 
+    def grid_of(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) patch grid of (H, W) images; ValueError unless both are multiples of the patch."""
+        (ph, pw) = self.patch
+        if height % ph or width % pw:
+            raise ValueError(f"images of {height}x{width} px are not a whole number of {ph}x{pw} px patches")
+        return height // ph, width // pw
+
     def patch_features(self, images: Tensor) -> Tensor:
-        """uint8 or [0, 1] float images (B, 3, H, W) -> patch tokens (B, N, D)."""
+        """uint8 or [0, 1] float images (B, 3, H, W), H and W multiples of the patch size ->
+        patch tokens (B, N, D), N = (H // patch) * (W // patch)."""
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images
         x = (x - self.mean) / self.std
         tokens = self.backbone.forward_features(x)
         return tokens[:, self.num_prefix :]
 
     def forward(self, images: Tensor) -> PatchOutput:
+        """Images (B, 3, H, W) -> :class:`PatchOutput` on the (H // patch, W // patch) grid."""
+        h, w = self.grid_of(*images.shape[-2:])
         feats = self.patch_features(images)
         b, n, d = feats.shape
-        h, w = self.grid
-        if n != h * w:
-            raise ValueError(f"got {n} patches, expected {h}x{w}; images must be {self.cfg.img_size} px")
+        if n != h * w:  # a backbone that pads or pools its patches
+            raise ValueError(f"got {n} patch tokens for a {h}x{w} grid from {tuple(images.shape[-2:])} px images")
         feats = self.condition(feats.reshape(b, h, w, d)).reshape(b, n, d)
         logits = self.classifier(self.dropout(feats))
         emb = F.normalize(self.projection(feats), dim=-1)

@@ -63,7 +63,6 @@ class PseudoResult:
     conf: np.ndarray
     conf_crf: np.ndarray | None
     seconds: float
-    n_images: int
     examples: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
@@ -80,8 +79,9 @@ def make_pseudo_labels(
 ) -> PseudoResult:
     """Pseudo labels for every image of ``split``, scored against its masks.
 
-    Images are predicted at ``cfg.input_size`` (default: the model's), maps restricted to the
-    image's labels + background, upsampled to the image's size, argmax. With the CRF on, each
+    Images are resized to ``cfg.input_size`` (default: the model's ``img_size``; another size
+    runs the ViT on that grid with resampled position embeddings), predicted, maps restricted to
+    the image's labels + background, upsampled to the image's own size, argmax. With the CRF on, each
     image is refined in a pool of ``cfg.workers`` processes while the model predicts the next
     batch. With ``out_dir``, label maps are written as palette PNGs under ``out_dir/pseudo`` and
     ``out_dir/pseudo_crf``.
@@ -89,10 +89,8 @@ def make_pseudo_labels(
     t0 = time.perf_counter()
     use_crf = cfg.crf.enabled if use_crf is None else use_crf
     size = cfg.input_size or model.cfg.img_size
-    if size != model.cfg.img_size:
-        raise ValueError(
-            f"pseudo.input_size ({size}) must equal model.img_size ({model.cfg.img_size}) for this backbone"
-        )
+    if size % model.patch[0] or size % model.patch[1]:
+        raise ValueError(f"pseudo.input_size ({size}) must be a multiple of the patch size ({model.patch[0]})")
     c = split.num_classes
     conf = np.zeros((c, c), np.int64)
     conf_crf = np.zeros((c, c), np.int64) if use_crf else None
@@ -161,4 +159,4 @@ def make_pseudo_labels(
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return PseudoResult(conf, conf_crf, time.perf_counter() - t0, len(split), examples)
+    return PseudoResult(conf, conf_crf, time.perf_counter() - t0, examples)

@@ -19,7 +19,6 @@ from .config import ModelConfig, SegmentConfig
 from .data.split import IGNORE_INDEX, Split
 from .metrics import confusion_matrix
 from .model import create_backbone
-from .pseudo import resize_image
 from .train import amp_setup, lr_factor, resolve_device, seed_everything
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -44,6 +43,9 @@ class ViTDecoder(nn.Module):
         logits = self.head(self.norm(tokens)).transpose(1, 2).reshape(x.shape[0], -1, h, w)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.norm.parameters(), *self.head.parameters()]
+
 
 class TorchvisionDeepLab(nn.Module):
     """torchvision's DeepLabv3; returns the main head's logits (B, C, H, W)."""
@@ -66,13 +68,23 @@ class TorchvisionDeepLab(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)["out"]
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.classifier.parameters())
+
 
 class Segmenter(nn.Module):
-    """Normalises uint8 images and runs the chosen network: (B, 3, H, W) -> (B, C, H, W)."""
+    """Normalises uint8 images and runs the chosen network: (B, 3, H, W) -> (B, C, H, W).
 
-    def __init__(self, cfg: SegmentConfig, model_cfg: ModelConfig, num_classes: int):
+    ``net``: a ready network instead of ``cfg.model`` (fed images scaled to [0, 1], any size:
+    a hand-made model in a test); ``multiple``: the input sides are rounded to a multiple of it.
+    """
+
+    def __init__(self, cfg: SegmentConfig, model_cfg: ModelConfig, num_classes: int, net: nn.Module | None = None):
         super().__init__()
-        if cfg.model == "vit_decoder":
+        if net is not None:
+            self.net = net
+            mean, std, self.multiple = (0.0,) * 3, (1.0,) * 3, 1
+        elif cfg.model == "vit_decoder":
             self.net: nn.Module = ViTDecoder(model_cfg, num_classes)
             pc = self.net.backbone.pretrained_cfg or {}
             mean, std = pc.get("mean", (0.5,) * 3), pc.get("std", (0.5,) * 3)
@@ -87,10 +99,27 @@ class Segmenter(nn.Module):
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images
         return self.net((x - self.mean) / self.std)
 
+    def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
+        """The backbone at ``lr``, the decoder head at ``lr * head_lr_mult`` (DeepLab: 10x)."""
+        head_fn = getattr(self.net, "head_parameters", None)
+        head = head_fn() if head_fn is not None and head_lr_mult != 1 else []
+        ids = {id(p) for p in head}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": rest, "lr": lr}] + ([{"params": head, "lr": lr * head_lr_mult}] if head else [])
+
+
+def make_optimizer(model: Segmenter, cfg: SegmentConfig) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum (DeepLab), over :meth:`Segmenter.param_groups`."""
+    groups = model.param_groups(cfg.lr, cfg.head_lr_mult)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
 
 class PseudoLabelDataset(Dataset):
     """Images of ``split`` with the pseudo-label PNGs in ``label_dir`` (named by image id),
-    randomly rescaled, cropped (labels padded with 255) and mirrored: (3, S, S) uint8, (S, S) long."""
+    rescaled by a random factor in ``scale`` of their own size, cropped to S (labels padded with
+    255) and mirrored: (3, S, S) uint8, (S, S) long."""
 
     def __init__(self, split: Split, label_dir: Path, size: int, scale: tuple[float, float]):
         self.split, self.label_dir, self.size, self.scale = split, Path(label_dir), size, scale
@@ -104,9 +133,8 @@ class PseudoLabelDataset(Dataset):
             raise FileNotFoundError(f"pseudo label {path} does not exist; make the pseudo labels first")
         img = Image.fromarray(self.split.load_image(i))
         lab = Image.open(path)
-        s = self.size * float(torch.empty(1).uniform_(*self.scale))
+        f = float(torch.empty(1).uniform_(*self.scale))
         w, h = img.size
-        f = s / max(w, h)
         nw, nh = max(1, round(w * f)), max(1, round(h * f))
         img = torch.from_numpy(np.array(img.resize((nw, nh), Image.BILINEAR))).permute(2, 0, 1)
         lab = torch.from_numpy(np.asarray(lab.resize((nw, nh), Image.NEAREST)).astype(np.int64))
@@ -122,14 +150,26 @@ class PseudoLabelDataset(Dataset):
         return out_img, out_lab
 
 
+def resize_keep_aspect(image: Tensor, scale: float, multiple: int) -> Tensor:
+    """(1, 3, H, W) uint8 -> (1, 3, h, w) uint8 with h, w = H, W times ``scale`` rounded to a
+    multiple of ``multiple`` (aspect kept up to that rounding; identity when nothing changes)."""
+    h, w = (max(multiple, round(n * scale / multiple) * multiple) for n in image.shape[-2:])
+    if (h, w) == tuple(image.shape[-2:]):
+        return image
+    x = F.interpolate(image.float(), size=(h, w), mode="bilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
 @torch.no_grad()
-def predict(model: Segmenter, image: np.ndarray, size: int, scales: list[float], flip: bool, device) -> Tensor:
-    """Class probabilities (C, H, W) of one (H, W, 3) image, averaged over scales and flips."""
+def predict(model: Segmenter, image: np.ndarray, scales: list[float], flip: bool, device) -> Tensor:
+    """Class probabilities (C, H, W) of one (H, W, 3) image at its own resolution and aspect:
+    at each scale (1 = the image's own size) and, with ``flip``, mirrored, the softmax is
+    resized back to H x W; the sum over scales and flips is returned."""
     h, w = image.shape[:2]
+    full = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None]
     total = None
     for sc in scales:
-        side = max(model.multiple, round(size * sc / model.multiple) * model.multiple)
-        x = resize_image(image, side)[None].to(device)
+        x = resize_keep_aspect(full, sc, model.multiple).to(device)
         views = [x, x.flip(-1)] if flip else [x]
         for k, v in enumerate(views):
             p = model(v).float().softmax(1)
@@ -149,16 +189,17 @@ class SegmentResult:
 
 
 def evaluate_segmentation(
-    model: Segmenter, split: Split, size: int, cfg: SegmentConfig, device, keep_examples: int = 0
+    model: Segmenter, split: Split, cfg: SegmentConfig, device, keep_examples: int = 0
 ) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
-    """Confusion matrix (C, C) of the model on ``split``'s masks, and a few examples."""
+    """Confusion matrix (C, C) of the model on ``split``'s masks at each image's own size
+    (:func:`predict` with ``cfg.eval_scales`` and ``cfg.eval_flip``), and a few examples."""
     model.eval()
     c = split.num_classes
     conf = np.zeros((c, c), np.int64)
     examples = []
     for i in range(len(split)):
         image, mask = split.load_image(i), split.load_mask(i)
-        pred = predict(model, image, size, cfg.eval_scales, cfg.eval_flip, device).argmax(0).cpu().numpy().astype(np.uint8)
+        pred = predict(model, image, cfg.eval_scales, cfg.eval_flip, device).argmax(0).cpu().numpy().astype(np.uint8)
         conf += confusion_matrix(pred, mask, c)
         if i < keep_examples:
             examples.append({"image": image, "mask": mask, "pseudo": pred})
@@ -179,7 +220,8 @@ def train_segmentation(
     loader_workers: int = 0,
 ) -> SegmentResult:
     """Train on ``train`` images with the pseudo labels in ``label_dir`` (cross-entropy, 255
-    ignored, AdamW with a poly schedule), then score on ``val``'s masks (in float32)."""
+    ignored, ``cfg.optimizer`` with a poly schedule), then score on ``val``'s masks (in float32)
+    at their own resolution."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
     gen = seed_everything(seed)
@@ -194,7 +236,7 @@ def train_segmentation(
         data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) >= cfg.batch_size, generator=gen,
         num_workers=loader_workers, pin_memory=dev.type == "cuda", persistent_workers=loader_workers > 0,
     )  # fmt: skip
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     total = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, 0, "poly"))
     history = []
@@ -216,5 +258,5 @@ def train_segmentation(
         history.append({"seg_loss": float(loss_sum) / max(n, 1)})
         if on_epoch_end is not None:
             on_epoch_end(epoch, history[-1])
-    conf, examples = evaluate_segmentation(model, val, size, cfg, dev, keep_examples)
+    conf, examples = evaluate_segmentation(model, val, cfg, dev, keep_examples)
     return SegmentResult(model, conf, time.perf_counter() - t0, history, examples)

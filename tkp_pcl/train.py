@@ -1,10 +1,12 @@
-"""Stage 1: train the patch classifier from image-level labels (one readable loop)."""
+"""Stage 1: train the patch classifier from image-level labels (one readable loop).
+
+The loss is :func:`tkp_pcl.objective.stage1_loss`; which parameters train, the optimizer and
+the lr come from :mod:`tkp_pcl.schedule`; device, DDP, AMP and seeds from :mod:`tkp_pcl.runtime`.
+"""
 
 from __future__ import annotations
 
-import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,18 +15,26 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from .config import MethodConfig
+from .config import MethodConfig, TrainConfig
 from .data import Splits
 from .data.split import Split
-from .losses import equivariance_loss, image_loss, patch_contrastive_error, patch_labels_from_probs
-from .metrics import confusion_matrix, miou
+from .metrics import miou
 from .model import PatchClassifier
-from .pooling import pool
+from .objective import LOSS_TERMS, stage1_loss
 from .pseudo import make_pseudo_labels, resize_image
+from .runtime import amp_setup, distributed, resolve_device, seed_everything
+from .schedule import build_optimizer, build_scheduler, lr_factor, phase_of, set_trainable
+
+__all__ = [
+    "ImageLabelDataset", "NonFiniteLossError", "Stage1Result", "StoppedByRankZero", "amp_setup",
+    "distributed", "load_checkpoint", "lr_factor", "monitor_miou", "resolve_device",
+    "save_checkpoint", "seed_everything", "train_stage1",
+]  # fmt: skip
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -35,13 +45,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class StoppedByRankZero(RuntimeError):
     """Under DDP: rank 0's epoch callback stopped training (e.g. pruned); the other ranks stop."""
-
-
-def distributed() -> tuple[bool, int, int]:
-    """(initialised, rank, world size) of the default process group (torchrun)."""
-    if dist.is_available() and dist.is_initialized():
-        return True, dist.get_rank(), dist.get_world_size()
-    return False, 0, 1
 
 
 class ImageLabelDataset(Dataset):
@@ -56,41 +59,6 @@ class ImageLabelDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return resize_image(self.split.load_image(i), self.size), self.labels[i]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def amp_setup(enabled: bool, device: torch.device) -> tuple[bool, torch.dtype, torch.amp.GradScaler]:
-    """Autocast on CUDA only: bf16 where supported, else fp16 with a GradScaler (a no-op scaler
-    otherwise). Returns (use autocast, its dtype, the scaler)."""
-    use = enabled and device.type == "cuda"
-    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
-    return use, dtype, torch.amp.GradScaler("cuda", enabled=use and dtype == torch.float16)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; returns a CPU generator for the loop's own sampling."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine / poly(0.9) decay / constant."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-    if schedule == "poly":
-        return max(0.0, 1 - t) ** 0.9
-    return 1.0
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -122,6 +90,92 @@ def monitor_miou(model: PatchClassifier, split: Split, cfg: MethodConfig, device
     return miou(res.conf)[0]
 
 
+def _make_loader(data: Dataset, tc: TrainConfig, gen: torch.Generator, workers: int, device) -> DataLoader:
+    """Shuffled batches; under DDP each rank its share (DistributedSampler, ``drop_last``)."""
+    is_dist, rank, world = distributed()
+    sampler = None
+    if is_dist:
+        sampler = DistributedSampler(data, world, rank, shuffle=True, seed=tc.seed, drop_last=True)
+    return DataLoader(
+        data, batch_size=tc.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=len(data) >= tc.batch_size * world, generator=gen, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+    )  # fmt: skip
+
+
+def _enter_phase(model: PatchClassifier, phase: str, tc: TrainConfig, steps: int, device):
+    """Set what trains in ``phase``; return (training forward, fresh optimizer, scheduler).
+    The forward is wrapped in DDP (under torchrun) and compiled after ``requires_grad`` is set,
+    since DDP registers the parameters that train when it is built."""
+    set_trainable(model, phase, tc)
+    opt = build_optimizer(model, phase, tc)
+    net: nn.Module = model
+    if distributed()[0]:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
+    return net, opt, build_scheduler(opt, phase, tc, steps)
+
+
+def _train_epoch(
+    net, model, loader, opt, sched, scaler, cfg: MethodConfig, epoch: int, gen, device, amp
+) -> tuple[torch.Tensor, int]:
+    """One pass over ``loader``; returns (sums of the :data:`LOSS_TERMS` over images, images)."""
+    tc, lc = cfg.train, cfg.loss
+    is_dist = distributed()[0]
+    model.train()
+    sums, n_img = torch.zeros(len(LOSS_TERMS), dtype=torch.float64), 0
+    use_pce = lc.pce_weight > 0 and epoch >= lc.pce_warmup_epochs
+    for step, (images, labels) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        terms = stage1_loss(
+            net, images, labels, cfg, gen, use_pce, model=model, autocast=amp, every_param_in_graph=is_dist
+        )
+        parts = torch.stack(list(terms.values())).detach().double().cpu()
+        if not torch.isfinite(parts).all():
+            names = ["total", *(k.removeprefix("loss_") for k in LOSS_TERMS[1:])]
+            detail = " ".join(f"{k}={v:.4g}" for k, v in zip(names, parts))
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch} step {step}: {detail} (lr={sched.get_last_lr()[0]:.3g})"
+            )
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(terms["loss"]).backward()
+        if tc.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        sums += parts * images.shape[0]
+        n_img += images.shape[0]
+    if is_dist:  # average over ranks
+        totals = torch.cat([sums, torch.tensor([float(n_img)], dtype=torch.float64)])
+        dist.all_reduce(totals)
+        sums, n_img = totals[:-1], int(totals[-1])
+    return sums, n_img
+
+
+def _checkpoint_state(model, opt, sched, gen, history: list[dict[str, float]]) -> dict:
+    keys = list(history[0])
+    return {
+        "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(), "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(), "history_keys": keys,
+        "history": torch.tensor([[h[k] for k in keys] for h in history], dtype=torch.float64),
+    }  # fmt: skip
+
+
+def _rank0_decides(stop: bool, epoch: int) -> None:
+    """Under DDP: rank 0 broadcasts whether training stops; other ranks raise if it does."""
+    if not distributed()[0]:
+        return
+    flag = torch.tensor([float(stop)])
+    dist.broadcast(flag, 0)
+    if flag.item() and distributed()[1] > 0:
+        raise StoppedByRankZero(f"rank 0 stopped training after epoch {epoch}")
+
+
 def train_stage1(
     cfg: MethodConfig,
     splits: Splits,
@@ -132,8 +186,9 @@ def train_stage1(
 ) -> Stage1Result:
     """Train the patch classifier on ``splits.train`` with image labels only.
 
-    Each batch is seen as itself and mirrored (one forward of 2B images): image BCE on the
-    pooled scores of both views, flip equivariance between them, PCE on the patch embeddings.
+    Each batch goes through :func:`tkp_pcl.objective.stage1_loss` (image BCE, equivariance of
+    ``loss.eq_form``, PCE, classifier L2). The first ``train.frozen_epochs`` epochs train with
+    the backbone frozen, the rest as ``train.trainable_blocks`` says (:mod:`tkp_pcl.schedule`).
     After each epoch: a checkpoint (atomic; training resumes from it when ``checkpoint_path``
     exists) and ``on_epoch_end(epoch, metrics)`` with the losses and ``monitor_pseudo_miou`` on
     the first ``train.monitor_images`` images of ``splits.val``. The callback may raise to stop
@@ -145,10 +200,10 @@ def train_stage1(
     ``batch_size`` per rank); losses are averaged over ranks; rank 0 alone evaluates, writes the
     checkpoint and calls ``on_epoch_end``. Every rank must pass the same ``checkpoint_path``.
     """
-    tc, lc, pc = cfg.train, cfg.loss, cfg.pooling
+    tc = cfg.train
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    is_dist, rank, world = distributed()
+    is_dist, rank, _ = distributed()
     device = resolve_device(tc.device)
     if is_dist and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -156,124 +211,54 @@ def train_stage1(
     gen = seed_everything(tc.seed)
     model = (model or PatchClassifier(cfg.model, splits.train.num_classes)).to(device)
     data = ImageLabelDataset(splits.train, cfg.model.img_size)
-    workers = splits.loader_workers
-    sampler = DistributedSampler(data, world, rank, shuffle=True, seed=tc.seed, drop_last=True) if is_dist else None
-    loader = DataLoader(
-        data, batch_size=tc.batch_size, shuffle=sampler is None, sampler=sampler,
-        drop_last=len(data) >= tc.batch_size * world, generator=gen, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-    )  # fmt: skip
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    total = tc.epochs * len(loader)
-    warmup = round(tc.warmup_epochs * len(loader))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, warmup, tc.schedule)
-    )
+    loader = _make_loader(data, tc, gen, splits.loader_workers, device)
     use_amp, amp_dtype, scaler = amp_setup(tc.amp, device)
     monitor = splits.val.subset(range(min(tc.monitor_images, len(splits.val))))
-    pool_args = {"k_ratio": pc.k_ratio, "k": pc.k, "lse_r": pc.lse_r}
 
     history: list[dict[str, float]] = []
-    start_epoch = 0
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state = load_checkpoint(checkpoint_path)
+    resume = checkpoint_path is not None and Path(checkpoint_path).is_file()
+    state = load_checkpoint(checkpoint_path) if resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
-        start_epoch = len(history)
+    start_epoch = len(history)
+    phase = phase_of(start_epoch, tc)
+    net, opt, sched = _enter_phase(model, phase, tc, len(loader), device)
+    if state is not None and start_epoch > 0 and phase_of(start_epoch - 1, tc) == phase:
+        opt.load_state_dict(state["optimizer"])  # a new phase starts a fresh optimizer instead
+        sched.load_state_dict(state["scheduler"])
 
-    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if is_dist else model
-    if tc.compile:
-        net = torch.compile(net)
-    bar = tqdm(range(start_epoch, tc.epochs), desc="stage 1", disable=not progress or rank > 0, unit="epoch")
+    bar = tqdm(range(start_epoch, tc.epochs), desc="stage 1", unit="epoch", disable=not progress or rank > 0)
     for epoch in bar:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        model.train()
+        if phase_of(epoch, tc) != phase:
+            phase = phase_of(epoch, tc)
+            net, opt, sched = _enter_phase(model, phase, tc, len(loader), device)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64)
-        n_img = 0
-        use_pce = lc.pce_weight > 0 and epoch >= lc.pce_warmup_epochs
-        for step, (images, labels) in enumerate(loader):
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            flip = torch.rand(images.shape[0], generator=gen).to(device) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            b = images.shape[0]
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                out = net(torch.cat([images, images.flip(-1)]))
-            probs, both_labels = out.probs, labels.repeat(2, 1)
-            l_cls = image_loss(pool(probs, pc.kind, **pool_args), both_labels)
-            zero = probs.new_zeros(())
-            l_eq = (
-                equivariance_loss(probs[:b], probs[b:], labels, out.grid) if lc.eq_weight > 0 else zero
-            )
-            # under DDP every parameter needs a gradient: the projection head's is zero while PCE is off
-            l_pce = out.embeddings.sum() * 0.0 if is_dist else zero
-            if use_pce:
-                l_pce = patch_contrastive_error(
-                    out.embeddings, patch_labels_from_probs(probs, both_labels),
-                    temperature=lc.pce_temperature, max_patches=lc.pce_max_patches,
-                    form=lc.pce_form, margin=lc.pce_margin, generator=gen,
-                )  # fmt: skip
-            loss = lc.cls_weight * l_cls + lc.eq_weight * l_eq + lc.pce_weight * l_pce
-            parts = torch.stack([loss, l_cls, l_eq, l_pce]).detach().double().cpu()
-            if not torch.isfinite(parts).all():
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch} step {step}: total={parts[0]:.4g} "
-                    f"cls={parts[1]:.4g} eq={parts[2]:.4g} pce={parts[3]:.4g} (lr={sched.get_last_lr()[0]:.3g})"
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if tc.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            sums += parts * b
-            n_img += b
-        if is_dist:  # average over ranks
-            totals = torch.cat([sums, torch.tensor([float(n_img)], dtype=torch.float64)])
-            dist.all_reduce(totals)
-            sums, n_img = totals[:4], int(totals[4])
+        amp = (use_amp, amp_dtype)
+        sums, n_img = _train_epoch(net, model, loader, opt, sched, scaler, cfg, epoch, gen, device, amp)
         train_time = time.perf_counter() - t0
-        means = (sums / max(n_img, 1)).tolist()
-        metrics = {
-            "loss": means[0], "loss_cls": means[1], "loss_eq": means[2], "loss_pce": means[3],
+        metrics = dict(zip(LOSS_TERMS, (sums / max(n_img, 1)).tolist()))
+        metrics.update({
             "lr": sched.get_last_lr()[0], "epoch_seconds": train_time,
             "images_per_second": n_img / max(train_time, 1e-9),
             "monitor_pseudo_miou": monitor_miou(model, monitor, cfg, device) if rank == 0 else float("nan"),
-        }  # fmt: skip
+        })  # fmt: skip
         history.append(metrics)
         if rank > 0:  # rank 0 decides whether training goes on
-            stop = torch.zeros(1)
-            dist.broadcast(stop, 0)
-            if stop.item():
-                raise StoppedByRankZero(f"rank 0 stopped training after epoch {epoch}")
+            _rank0_decides(False, epoch)
             continue
         if checkpoint_path is not None:
-            keys = list(history[0])
-            save_checkpoint(
-                {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "history_keys": keys,
-                    "history": torch.tensor([[h[k] for k in keys] for h in history], dtype=torch.float64),
-                },
-                checkpoint_path,
-            )  # fmt: skip
+            save_checkpoint(_checkpoint_state(model, opt, sched, gen, history), checkpoint_path)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", miou=f"{metrics['monitor_pseudo_miou']:.3f}")
         try:
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)
         except BaseException:
-            if is_dist:
-                dist.broadcast(torch.ones(1), 0)
+            _rank0_decides(True, epoch)
             raise
-        if is_dist:
-            dist.broadcast(torch.zeros(1), 0)
+        _rank0_decides(False, epoch)
     return Stage1Result(model=model, history=history, device=device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -14,8 +14,10 @@ IGNORE_INDEX = 255
 class Split:
     """Indexable images (H, W, 3) uint8 and masks (H, W) uint8 (255 = ignore).
 
-    Image-level labels come from the masks: ``labels(i)`` is a bool (C,) vector, C including
-    the background (class 0), which is always set, as in ViT-PCM.
+    Image-level labels come from the masks: ``all_labels()[i]`` is a bool (C,) vector, C
+    including the background (class 0), which is always set, as in ViT-PCM. ``load_classes(i)``,
+    where given, returns the class ids present in image ``i`` instead (e.g. from annotations
+    when an image has no mask).
     """
 
     name: str
@@ -24,6 +26,7 @@ class Split:
     load_image: Callable[[int], np.ndarray]
     load_mask: Callable[[int], np.ndarray]
     _labels: np.ndarray | None = field(default=None, repr=False)
+    load_classes: Callable[[int], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def in_memory(
@@ -38,15 +41,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def labels(self, i: int) -> np.ndarray:
-        return self.all_labels()[i]
-
     def all_labels(self) -> np.ndarray:
         """(len, C) bool image labels, computed once from the masks."""
         if self._labels is None:
             out = np.zeros((len(self), self.num_classes), bool)
             for i in range(len(self)):
-                present = np.unique(self.load_mask(i))
+                present = np.unique(self.load_classes(i) if self.load_classes else self.load_mask(i))
                 present = present[present != IGNORE_INDEX]
                 if present.size and present.max() >= self.num_classes:
                     raise ValueError(
@@ -68,4 +68,23 @@ class Split:
             lambda j: self.load_image(idx[j]),
             lambda j: self.load_mask(idx[j]),
             labels,
+            None if self.load_classes is None else (lambda j: self.load_classes(idx[j])),
         )
+
+
+def unscored(split: Split) -> Split:
+    """``split`` with every mask all-ignore (255) at its image's size: for writing pseudo labels
+    of images that have no mask (or are not to be scored) without reading any mask. Needs the
+    image labels: taken from ``split`` (computed there once)."""
+    shapes: dict[int, tuple[int, int]] = {}
+
+    def load_image(i: int) -> np.ndarray:
+        image = split.load_image(i)
+        shapes[i] = image.shape[:2]
+        return image
+
+    def load_mask(i: int) -> np.ndarray:
+        shape = shapes.pop(i) if i in shapes else split.load_image(i).shape[:2]
+        return np.full(shape, IGNORE_INDEX, np.uint8)
+
+    return replace(split, load_image=load_image, load_mask=load_mask, _labels=split.all_labels())
