@@ -276,6 +276,7 @@ def cmd_ls(args) -> int:
 def cmd_report(args) -> int:
     from . import report
     from .report_data import ReportError
+    from .report_search import SearchInfo
     from .storage import open_storage, resolve_storage_url, storage_exists
     from .tracking import resolve_tracking_uri, store_exists
 
@@ -298,8 +299,11 @@ def cmd_report(args) -> int:
             if ostudy is not None and not any("search|" in t.user_attrs.get("job_key", "") for t in ostudy.trials):
                 ostudy = None  # a grid study: no search plots
     expected = len(study.seeds) if study and study.search is None else None
+    if study is not None and study.confirm is not None:
+        expected = len(study.confirm.seeds)
+    search = SearchInfo.from_study(study) if study is not None and study.search is not None else None
     out = Path(args.out) if args.out else Path("reports") / name
-    path = report.build(name, uri, out, expected_seeds=expected, baseline=args.baseline, optuna_study=ostudy)
+    path = report.build(name, uri, out, expected_seeds=expected, baseline=args.baseline, optuna_study=ostudy, search=search)
     print(f"report written: {path} and {path.with_suffix('.html')} (tables/, plots/ beside them)")
     return 0
 

@@ -77,6 +77,11 @@ class SearchInfo:
         )  # fmt: skip
 
 
+def is_staged(df: pd.DataFrame) -> bool:
+    """Whether the runs are those of a search study that tags its stages (search, confirm)."""
+    return STAGE_TAG in df and df[STAGE_TAG].isin(["search", "confirm"]).any()
+
+
 def stage_runs(df: pd.DataFrame, stage: str) -> pd.DataFrame:
     """The runs of one stage (``search`` or ``confirm``); none when the tag is absent."""
     if STAGE_TAG not in df:
