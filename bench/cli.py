@@ -132,6 +132,7 @@ def cmd_run(args) -> int:
     from rich.console import Console
 
     from . import runner
+    from .tracking import TrackingStoreError
 
     study, storage_url, tracking_uri = _load(args)
     if args.workers < 1:
@@ -144,22 +145,30 @@ def cmd_run(args) -> int:
     load_splits(study.data)  # a missing data set is an error before anything is written
     _check_weights(study)  # so is a model.pretrained_file that is missing or does not fit
     h = runner.open_study(study, storage_url, tracking_uri, create=True)
-    h.tracker.ensure_experiment()
-    h.tracker.parent_run()
-    info = runner.prepare(h)
-    n_jobs = h.total
-    console.print(
-        f"study [bold]{study.name}[/]: {n_jobs} trials ({len(h.trials(states=runner.DONE_STATES))} done, "
-        f"{info['queued']} queued, {info['dead']} found dead); MLflow {tracking_uri}; Optuna {storage_url}"
-    )
-    if args.workers == 1:
-        runner.run_in_process(h)
-    else:
-        runner.run_workers(h, args.study, tracking_uri, args.workers)
-    if h.trials(states=(runner.TrialState.RUNNING,)):
-        console.print("waiting for the trials other workers are running ...")
-        runner.wait_for_others(h)
-    return _summary(h, console)
+    runner.check(h, args.study)  # a file that disagrees with the stored trials: refused, nothing written
+    try:
+        h.tracker.open()
+        info = runner.prepare(h, args.study)
+        console.print(
+            f"study [bold]{study.name}[/]: {h.total} trials ({len(h.trials(states=runner.DONE_STATES))} done, "
+            f"{info['queued']} queued, {info['dead']} found dead); MLflow {tracking_uri}; Optuna {storage_url}"
+        )
+        if args.workers == 1:
+            runner.run_in_process(h)
+        else:
+            runner.run_workers(h, args.study, tracking_uri, args.workers)
+        if h.trials(states=(runner.TrialState.RUNNING,)):
+            console.print("waiting for the trials other workers are running ...")
+            runner.wait_for_others(h)
+        return _summary(h, console)
+    except TrackingStoreError as e:
+        return _store_failed(e)
+
+
+def _store_failed(e) -> int:
+    """A failing MLflow store: one line, exit 1 (the trial is FAIL in Optuna, retried next run)."""
+    print(f"bench: error: {e}; run the same command again to retry", file=sys.stderr)
+    return EXIT_FAILED_TRIALS
 
 
 def _check_weights(study) -> None:
@@ -231,6 +240,7 @@ def dry_run(study, storage_url: str) -> int:
 
 def cmd_worker(args) -> int:
     from . import runner
+    from .tracking import TrackingStoreError
 
     study, storage_url, tracking_uri = _load(args)
     _check_weights(study)
@@ -239,7 +249,11 @@ def cmd_worker(args) -> int:
         h = runner.open_study(study, storage_url, tracking_uri, create=False)
     except KeyError:
         return _err(f"study {study.name!r} does not exist in {storage_url}; start it with `bench run` first")
-    done = runner.run_in_process(h, show=not args.quiet) if not args.quiet else runner.work(h)
+    runner.check(h, args.study)  # before claiming anything
+    try:
+        done = runner.work(h) if args.quiet else runner.run_in_process(h)
+    except TrackingStoreError as e:
+        return _store_failed(e)
     return EXIT_FAILED_TRIALS if done.get("FAIL") else 0
 
 
@@ -310,12 +324,14 @@ def cmd_report(args) -> int:
 
 def cmd_ui(args) -> int:
     from .study import load_study
-    from .tracking import resolve_tracking_uri
+    from .tracking import Tracker, resolve_tracking_uri
 
-    study_uri = load_study(args.study).tracking.mlflow_uri if args.study else None
-    uri = resolve_tracking_uri(args.tracking_uri, study_uri)
+    study = load_study(args.study) if args.study else None
+    uri = resolve_tracking_uri(args.tracking_uri, study.tracking.mlflow_uri if study else None)
+    base = f"http://{args.host}:{args.port}"
+    url = Tracker(uri, study.name).runs_url(base) if study else base
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", file=sys.stderr)
+    print(f"MLflow UI for {uri}: {url}", file=sys.stderr, flush=True)
     os.execv(sys.executable, cmd)
     return 0
 

@@ -34,10 +34,14 @@ def tracking_uri(uri: str):
         mlflow.set_tracking_uri(before)
 
 
-def parse_job_key(key: str) -> dict[str, str]:
-    """``variant|a.b=v|seed=s`` -> ``{"a.b": "v"}`` (the grid point)."""
-    parts = key.split("|")[1:]
-    return dict(p.split("=", 1) for p in parts if "=" in p and not p.startswith(("seed=", "trial=")))
+def run_grid_points(df: pd.DataFrame) -> pd.Series:
+    """Each run's grid point, read from its ``bench.grid.<axis>`` tags: ``{"a.b": "v"}``."""
+    prefix = "tags.bench.grid."
+    cols = [c for c in df.columns if c.startswith(prefix)]
+    return pd.Series(
+        [{c.removeprefix(prefix): row[c] for c in cols if isinstance(row[c], str)} for _, row in df.iterrows()],
+        index=df.index, dtype=object,
+    )  # fmt: skip
 
 
 def load_runs(uri: str, study: str) -> pd.DataFrame:
@@ -58,7 +62,7 @@ def load_runs(uri: str, study: str) -> pd.DataFrame:
     df["seed"] = pd.to_numeric(df["tags.bench.seed"], errors="coerce").astype("Int64")
     df["state"] = np.where(df.get("tags.bench.state", pd.Series(index=df.index, dtype=object)) == "PRUNED",
                            "PRUNED", df["status"])  # fmt: skip
-    grids = df["tags.bench.job_key"].map(parse_job_key)
+    grids = run_grid_points(df)
     axes = sorted({k for g in grids for k in g})
     for axis in axes:
         df[f"grid.{axis}"] = grids.map(lambda g, a=axis: g.get(a))

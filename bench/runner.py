@@ -23,8 +23,9 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .storage import claim_waiting_trial, fail_dead_trials, heartbeat, open_storage
-from .study import Study, StudyError, study_jobs
+from .integrity import check_study_file, job_attrs
+from .storage import claim_waiting_trial, fail_dead_trials, heartbeat, open_storage, study_lock
+from .study import Study, study_jobs
 from .trial import TrialContext, run_trial
 from .tracking import Tracker
 
@@ -97,31 +98,30 @@ def close_dead_trials(h: StudyHandle) -> int:
     return len(dead)
 
 
-def prepare(h: StudyHandle) -> dict[str, int]:
-    """Before workers start: close what died, finish the bookkeeping of trials that completed
-    just before a crash, refuse results made with another configuration, enqueue missing jobs."""
+def check(h: StudyHandle, path: str) -> None:
+    """Refuse (:class:`StudyError`) a study file that disagrees with the configuration stored
+    with any trial of the study; called before anything is claimed or enqueued."""
+    check_study_file(h.study, h.trials(), path)
+
+
+def prepare(h: StudyHandle, path: str) -> dict[str, int]:
+    """Before workers start: close what died, finish the bookkeeping of trials that ended just
+    before a crash, then, under :func:`bench.storage.study_lock`, check the study file against
+    every stored trial and enqueue each missing job once (with its resolved configuration)."""
     dead = close_dead_trials(h)
-    for t in h.trials(states=DONE_STATES):  # completed in Optuna, run left RUNNING by a crash
+    ends = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+    for t in h.trials(states=tuple(ends)):  # ended in Optuna, run left RUNNING (crash, store failure)
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id and h.tracker.run_status(run_id) == "RUNNING":
-            h.tracker.end(run_id, "FINISHED" if t.state == TrialState.COMPLETE else "KILLED")
-    jobs = study_jobs(h.study)
-    live = {t.user_attrs.get("job_key"): t for t in h.trials(states=LIVE_STATES)}
+            h.tracker.end(run_id, ends[t.state])
     queued = 0
-    for job in jobs:
-        t = live.get(job.key)
-        if t is not None:
-            if t.user_attrs.get("config_hash") not in (None, job.config_hash):
-                raise StudyError(
-                    f"study {h.study.name!r} already has trial {t.number} for job {job.key!r} made with another "
-                    "configuration; rename the study (name:) to start a new one, or delete the old one"
-                )
-            continue
-        h.optuna_study.enqueue_trial(
-            params={}, user_attrs={"job_key": job.key, "variant": job.variant, "seed": job.seed,
-                                   "config_hash": job.config_hash},
-        )  # fmt: skip
-        queued += 1
+    with study_lock(h.storage_url, h.study.name):
+        check(h, path)  # all jobs first: a refused file enqueues nothing
+        live = {t.user_attrs.get("job_key") for t in h.trials(states=LIVE_STATES)}
+        for job in study_jobs(h.study):
+            if job.key not in live:
+                h.optuna_study.enqueue_trial(params={}, user_attrs=job_attrs(job, h.study))
+                queued += 1
     return {"dead": dead, "queued": queued}
 
 
@@ -140,7 +140,7 @@ def next_trial(h: StudyHandle) -> optuna.Trial | None:
 
 def work(h: StudyHandle, on_progress=None, on_trial_end=None) -> Counter:
     """A worker: claim and run trials until none is left. Returns the states it produced."""
-    parent = h.tracker.parent_run()
+    parent = h.tracker.open()
     ctx = TrialContext(h.study, h.optuna_study, h.tracker, parent, h.workdir, on_progress)
     done: Counter = Counter()
     while True:
@@ -170,10 +170,9 @@ def _progress() -> Progress:
     )  # fmt: skip
 
 
-def run_in_process(h: StudyHandle, show: bool = True) -> Counter:
+def run_in_process(h: StudyHandle) -> Counter:
     """One worker in this process, with a rich progress display."""
     with _progress() as prog:
-        prog.disable = not show
         finished = sum(1 for _ in h.trials(states=DONE_STATES))
         trials_task = prog.add_task("trials", total=h.total, completed=finished, info="")
         epoch_task = prog.add_task("epochs", total=1, info="")
@@ -188,7 +187,7 @@ def run_in_process(h: StudyHandle, show: bool = True) -> Counter:
         return work(h, on_progress, on_trial_end)
 
 
-def run_workers(h: StudyHandle, study_path: str, tracking_uri: str, n: int, show: bool = True) -> None:
+def run_workers(h: StudyHandle, study_path: str, tracking_uri: str, n: int) -> None:
     """``n`` worker processes (``bench worker``) on this study; progress read from the storage."""
     h.workdir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // n)
@@ -200,7 +199,6 @@ def run_workers(h: StudyHandle, study_path: str, tracking_uri: str, n: int, show
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     try:
         with _progress() as prog:
-            prog.disable = not show
             task = prog.add_task(f"trials ({n} workers)", total=h.total, info="")
             while any(p.poll() is None for p in procs):
                 running = h.trials(states=(TrialState.RUNNING,))

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import threading
@@ -43,6 +44,28 @@ def storage_exists(url: str) -> bool:
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///")).is_file()
     return True
+
+
+@contextmanager
+def study_lock(url: str, study_name: str) -> Iterator[None]:
+    """An exclusive lock (``fcntl.flock``) beside a journal or SQLite storage file, held while a
+    process checks and enqueues a study's jobs, so two ``bench run`` started together enqueue
+    each job once. Nothing for a server database (one ``bench run`` starts a study; the other
+    machines join with ``bench worker``, which never enqueues)."""
+    for prefix in ("journal:", "sqlite:///"):
+        if url.startswith(prefix):
+            path = Path(url.removeprefix(prefix)).expanduser()
+            break
+    else:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f"{path.name}.{study_name}.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def open_storage(url: str) -> BaseStorage:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tkp_pcl.config import DataConfig, MethodConfig
+from tkp_pcl.config import EXECUTION_KEYS, DataConfig, MethodConfig
 
 from .urls import check_mlflow_uri, check_optuna_storage
 from .yaml_file import YamlFileError, read_yaml
@@ -237,9 +237,27 @@ class Job:
         return config_hash(self.config)
 
 
-def config_hash(cfg: MethodConfig) -> str:
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+def scientific_values(cfg: MethodConfig | dict[str, Any]) -> dict[str, Any]:
+    """A configuration (model or its JSON dump) as dotted keys, in field order, without the
+    execution settings (:data:`tkp_pcl.config.EXECUTION_KEYS`): what a trial computes."""
+    raw = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    return {k: v for k, v in flatten(raw).items() if k not in EXECUTION_KEYS}
+
+
+def config_hash(cfg: MethodConfig | dict[str, Any]) -> str:
+    """The identity of a configuration: a hash of its scientific values (execution settings such
+    as ``train.device`` left out, so a study can move from one machine to another)."""
+    blob = json.dumps(scientific_values(cfg), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def first_difference(here: MethodConfig | dict, stored: MethodConfig | dict) -> tuple[str, Any, Any] | None:
+    """The first scientific key (in field order) whose value differs: (key, here, stored)."""
+    a, b = scientific_values(here), scientific_values(stored)
+    for k in [*a, *(k for k in b if k not in a)]:
+        if a.get(k, "<absent>") != b.get(k, "<absent>"):
+            return k, a.get(k, "<absent>"), b.get(k, "<absent>")
+    return None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,10 +6,14 @@ several trials, threads or processes never mix their runs.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,6 +27,56 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 ROLE = "bench.role"
 MAX_BATCH = 900
+#: MLflow 3's UI shows an experiment with this tag value as a training experiment (runs table),
+#: not as a GenAI one (traces overview).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+class TrackingStoreError(RuntimeError):
+    """The MLflow store failed (unreachable, unwritable, corrupt); ``str()`` is one line, naming
+    the store and, once :class:`bench.trial.TrialLifecycle` has set it, the trial."""
+
+    def __init__(self, uri: str, detail: str, trial: int | None = None):
+        super().__init__(uri, detail)
+        self.uri, self.detail, self.trial = uri, detail, trial
+
+    def __str__(self) -> str:
+        during = f" during trial {self.trial}" if self.trial is not None else ""
+        return f"MLflow store {self.uri} failed{during}: {self.detail}"
+
+
+def _store_call(method):
+    """Turn any failure of the MLflow store inside a Tracker method into one TrackingStoreError."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except TrackingStoreError:
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise TrackingStoreError(self.uri, f"{type(e).__name__}: {first}") from e
+
+    return wrapper
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock (``fcntl.flock`` on ``<db>.lock``) around the creation of a SQLite
+    store, its experiment and the study's parent run, so that processes started together do not
+    race in MLflow's schema migration. Nothing for a tracking server (it serialises itself)."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def resolve_tracking_uri(cli: str | None, study: str | None) -> str:
@@ -77,47 +131,91 @@ class Tracker:
     def __init__(self, uri: str, study_name: str):
         self.uri = uri
         self.study_name = study_name
-        self.client = MlflowClient(tracking_uri=uri)
+        self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
+        self._parent: str | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client; its first use creates the store (schema migration), under the lock."""
+        if self._client is None:
+            self._open(parent=False)
+        return self._client
 
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            self._experiment_id = self.ensure_experiment()
+            self._open(parent=False)
         return self._experiment_id
 
-    def ensure_experiment(self) -> str:
-        """The study's experiment, created (artifacts under ``./mlartifacts`` for a local
-        store) if missing. Call once before starting workers."""
-        exp = self.client.get_experiment_by_name(self.study_name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                self.client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        location = None
-        if self.uri.startswith("sqlite:") or "://" not in self.uri:
-            location = (Path(DEFAULT_ARTIFACT_DIR).resolve() / self.study_name).as_uri()
-        try:
-            return self.client.create_experiment(self.study_name, artifact_location=location)
-        except Exception:  # created meanwhile by another process
-            exp = self.client.get_experiment_by_name(self.study_name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+    def open(self) -> str:
+        """Create (or find) the store, the study's experiment and its one parent run, under
+        :func:`store_lock`; returns the parent run id. Every process of a study calls this."""
+        self._open(parent=True)
+        return self._parent
 
-    def parent_run(self, create: bool = True) -> str | None:
-        """The study's parent run id, created (RUNNING) if missing and ``create``."""
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'study'", max_results=1,
+    @_store_call
+    def _open(self, parent: bool) -> None:
+        with store_lock(self.uri):
+            if self._client is None:
+                self._client = MlflowClient(tracking_uri=self.uri)
+            if self._experiment_id is None:
+                self._experiment_id = self.ensure_experiment()
+            if parent and self._parent is None:
+                self._parent = self.parent_run()
+
+    def ensure_experiment(self) -> str:
+        """The study's experiment (tagged as a training experiment for MLflow 3's UI), created
+        with artifacts under ``./mlartifacts`` for a local store if missing."""
+        exp = self.client.get_experiment_by_name(self.study_name)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:") or "://" not in self.uri:
+                location = (Path(DEFAULT_ARTIFACT_DIR).resolve() / self.study_name).as_uri()
+            try:
+                exp_id = self.client.create_experiment(self.study_name, artifact_location=location, tags=EXPERIMENT_KIND)
+            except Exception:  # a tracking server: another process created it meanwhile
+                exp = self.client.get_experiment_by_name(self.study_name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp_id)
+        if exp is not None and all(exp.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):
+            for k, v in EXPERIMENT_KIND.items():  # an experiment made before the tag existed
+                self.client.set_experiment_tag(exp_id, k, v)
+        return exp_id
+
+    def _parent_runs(self) -> list:
+        return self.client.search_runs(
+            [self._experiment_id], filter_string=f"tags.`{ROLE}` = 'study'", max_results=10,
             order_by=["attributes.start_time ASC"],
         )  # fmt: skip
-        if runs:
-            return runs[0].info.run_id
-        if not create:
-            return None
-        tags = {ROLE: "study", "bench.study": self.study_name, **source_tags()}
-        return self.client.create_run(self.experiment_id, tags=tags, run_name=self.study_name).info.run_id
 
+    def parent_run(self, create: bool = True) -> str | None:
+        """The study's one parent run id, created (RUNNING) if missing and ``create``. Called
+        under :func:`store_lock`; on a tracking server two processes may both create one: the
+        earliest is kept and the other deleted."""
+        if self._parent is not None:
+            return self._parent
+        self.experiment_id  # noqa: B018 (finds or creates the experiment)
+        runs = self._parent_runs()
+        if runs or not create:
+            return runs[0].info.run_id if runs else None
+        tags = {ROLE: "study", "bench.study": self.study_name, **source_tags()}
+        mine = self.client.create_run(self._experiment_id, tags=tags, run_name=self.study_name).info.run_id
+        first = self._parent_runs()[0].info.run_id
+        if first != mine:  # lost the race (tracking server): join the winner's run
+            self.client.delete_run(mine)
+        return first
+
+    def runs_url(self, base: str) -> str:
+        """The MLflow UI's page of this study's runs table, under ``base`` (http://host:port)."""
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs"
+
+    @_store_call
     def start_trial(self, parent_id: str, run_name: str, tags: dict[str, Any], params: dict[str, Any]) -> str:
         all_tags = {MLFLOW_PARENT_RUN_ID: parent_id, ROLE: "trial", "bench.study": self.study_name,
                     **source_tags(), **{k: str(v) for k, v in tags.items()}}  # fmt: skip
@@ -127,21 +225,33 @@ class Tracker:
             self.client.log_batch(run.info.run_id, params=items[i : i + 100])
         return run.info.run_id
 
+    @_store_call
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v == v]  # drop NaN
         for i in range(0, len(items), MAX_BATCH):
             self.client.log_batch(run_id, metrics=items[i : i + MAX_BATCH])
 
+    @_store_call
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
+    @_store_call
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    @_store_call
     def end(self, run_id: str, status: str) -> None:
         """``status``: FINISHED, FAILED or KILLED (pruned trials are KILLED, tagged PRUNED)."""
         self.client.set_terminated(run_id, status)
+
+    @_store_call
+    def log_table(self, run_id: str, data, artifact_file: str) -> None:
+        self.client.log_table(run_id, data=data, artifact_file=artifact_file)
+
+    @_store_call
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
 
     def run_status(self, run_id: str) -> str | None:
         try:

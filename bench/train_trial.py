@@ -48,23 +48,21 @@ def rank_zero(args) -> int:
     from . import runner
     from .cli import _load
     from .storage import heartbeat
-    from .trial import TrialContext, job_paths, run_trial, sample_search_config
+    from .trial import TrialContext, job_paths, run_trial, trial_spec
 
     study, storage_url, tracking_uri = _load(args)
     h = runner.open_study(study, storage_url, tracking_uri, create=True)
-    h.tracker.ensure_experiment()
-    runner.prepare(h)
-    ctx = TrialContext(study, h.optuna_study, h.tracker, h.tracker.parent_run(), h.workdir)
+    runner.check(h, args.study)
+    ctx = TrialContext(study, h.optuna_study, h.tracker, h.tracker.open(), h.workdir)
+    runner.prepare(h, args.study)
     failed = 0
     while True:
         trial = runner.next_trial(h)
         if trial is None:
             _broadcast(None)
             break
-        key = trial.user_attrs.get("job_key")
-        cfg = ctx.jobs[key].config if key else sample_search_config(study, trial)
-        key = key or f"search|trial={trial.number}"
-        _broadcast((cfg.model_dump(mode="json"), str(job_paths(ctx.workdir, key)[0])))
+        spec = trial_spec(ctx, trial)  # the stored configuration (run_trial finds the same)
+        _broadcast((spec.cfg.model_dump(mode="json"), str(job_paths(ctx.workdir, spec.key)[0])))
         with heartbeat(h.storage, h.optuna_study, trial):
             failed += run_trial(ctx, trial).name == "FAIL"
     runner.finish_parent(h)

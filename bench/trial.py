@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -15,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 import yaml
 
 from tkp_pcl.config import MethodConfig
@@ -22,12 +24,15 @@ from tkp_pcl.data import Split, Splits, load_splits, seg_train_split_name, unsco
 from tkp_pcl.metrics import miou
 from tkp_pcl.pseudo import make_pseudo_labels
 from tkp_pcl.segment import train_segmentation
-from tkp_pcl.train import Stage1Result, distributed, load_checkpoint, train_stage1
+from tkp_pcl.train import Stage1Result, distributed, train_stage1
 
+from .integrity import CONFIG_ATTR, DATA_ATTR, HASH_ATTR, data_json, run_config, stored_config, usable_checkpoint
 from .overlay import example_rows, overlay_grid, save_png
 from .storage import worker_identity
-from .study import CategoricalParam, FloatParam, Study, flatten, job_config_for_search, search_variant, study_jobs
-from .tracking import Tracker
+from .study import (
+    CategoricalParam, FloatParam, Study, StudyError, config_hash, flatten, job_config_for_search, search_variant, study_jobs,
+)  # fmt: skip
+from .tracking import Tracker, TrackingStoreError
 
 N_EXAMPLES = 8
 Progress = Callable[[str, int, int], None]  # (trial label, epochs done, epochs total)
@@ -101,7 +106,7 @@ def write_artifacts(
         np.savez_compressed(d / "examples.npz", **arrays)
         for f in sorted(d.iterdir()):
             tracker.log_artifact(run_id, f)
-    tracker.client.log_table(run_id, data=table, artifact_file="per_class_iou.json")
+    tracker.log_table(run_id, table, "per_class_iou.json")
 
 
 def job_paths(workdir: Path, key: str) -> tuple[Path, Path]:
@@ -169,37 +174,136 @@ def run_stage2(
     return {**metrics, **{f"seg_iou_{class_key(c)}": v for c, v in zip(names, per)}}
 
 
-def run_trial(ctx: TrialContext, trial: optuna.Trial) -> optuna.trial.TrialState:
-    """Run a claimed (RUNNING) trial to its end; return its final state. Never raises for a
-    failing trial (it is marked FAIL in Optuna and FAILED in MLflow); re-raises interrupts."""
-    t_start = time.perf_counter()
-    study, tracker = ctx.study, ctx.tracker
-    attrs = trial.user_attrs
-    for k, v in worker_identity().items():
-        trial.set_user_attr(k, v)
+@dataclass
+class TrialSpec:
+    """What a claimed trial runs: its job, and the configuration stored with it (with this
+    worker's execution settings)."""
+
+    key: str
+    variant: str
+    seed: int
+    grid: dict[str, Any]
+    cfg: MethodConfig
+    config_hash: str
+
+
+def trial_spec(ctx: TrialContext, trial: optuna.Trial) -> TrialSpec:
+    """The stored configuration of an enqueued job; a search trial's is sampled and stored now."""
+    attrs, study = trial.user_attrs, ctx.study
     if "job_key" in attrs:
-        job = ctx.jobs[attrs["job_key"]]
-        cfg, key, variant, seed = job.config, job.key, job.variant, job.seed
-    else:
-        cfg = sample_search_config(study, trial)
-        variant, seed = search_variant(study), cfg.train.seed
-        key = f"search|trial={trial.number}"
-        for k, v in {"job_key": key, "variant": variant, "seed": seed}.items():
+        key = attrs["job_key"]
+        job = ctx.jobs.get(key)
+        stored = stored_config(trial) or (job.config if job else None)
+        if stored is None:
+            raise StudyError(f"trial {trial.number} (job {key!r}) has no stored configuration and this file lacks the job")
+        cfg = run_config(stored, job.config if job else stored)
+        grid = json.loads(attrs.get("grid") or "{}")
+        return TrialSpec(key, attrs["variant"], int(attrs["seed"]), grid, cfg, config_hash(cfg))
+    cfg = sample_search_config(study, trial)
+    spec = TrialSpec(f"search|trial={trial.number}", search_variant(study), cfg.train.seed, {}, cfg, config_hash(cfg))
+    for k, v in {"job_key": spec.key, "variant": spec.variant, "seed": spec.seed,
+                 CONFIG_ATTR: cfg.model_dump_json(), HASH_ATTR: spec.config_hash, DATA_ATTR: data_json(study)}.items():  # fmt: skip
+        trial.set_user_attr(k, v)
+    return spec
+
+
+class TrialLifecycle:
+    """One claimed trial from start to end, in one place: ``with TrialLifecycle(...) as life``
+    starts its MLflow run (params = the resolved configuration; tags = variant, seed, grid axes,
+    configuration hash, ...); the body sets ``life.value`` and returns; on leaving, the Optuna
+    trial is told (``skip_if_finished=True``: the dead-trial sweep of another process may have
+    failed it meanwhile), the run tagged and ended, and ``life.state`` set.
+
+    A failing trial (any ``Exception``) is FAIL in Optuna and FAILED in MLflow and is not
+    re-raised; pruned is PRUNED / KILLED. A failing MLflow store (:class:`TrackingStoreError`)
+    fails the Optuna trial (the next ``bench run`` retries it) and is re-raised with the trial's
+    number; an interrupt fails the trial, keeps its checkpoint and is re-raised.
+    """
+
+    def __init__(self, ctx: TrialContext, trial: optuna.Trial, spec: TrialSpec):
+        self.ctx, self.trial, self.spec = ctx, trial, spec
+        self.value: float | None = None
+        self.state: TrialState | None = None
+        self.run_id = ""
+
+    def __enter__(self) -> "TrialLifecycle":
+        ctx, spec, trial = self.ctx, self.spec, self.trial
+        for k, v in worker_identity().items():
             trial.set_user_attr(k, v)
-    label = f"{key} (trial {trial.number})"
-    params = {f"data.{k}": v for k, v in flatten(study.data.model_dump(mode="json")).items()}
-    params.update(flatten(cfg.model_dump(mode="json")))
-    tags = {"bench.variant": variant, "bench.seed": seed, "bench.trial": trial.number, "bench.job_key": key,
-            "bench.device": cfg.train.device, "bench.optuna_study": study.name,
-            "bench.world_size": distributed()[2]}  # fmt: skip
-    run_id = tracker.start_trial(ctx.parent_run_id, key.replace("|", " "), tags, params)
-    trial.set_user_attr("mlflow_run_id", run_id)
-    ckpt, label_root = job_paths(ctx.workdir, key)
+        params = {f"data.{k}": v for k, v in flatten(ctx.study.data.model_dump(mode="json")).items()}
+        params.update(flatten(spec.cfg.model_dump(mode="json")))
+        tags = {"bench.variant": spec.variant, "bench.seed": spec.seed, "bench.trial": trial.number,
+                "bench.job_key": spec.key, "bench.config_hash": spec.config_hash, "bench.device": spec.cfg.train.device,
+                "bench.optuna_study": ctx.study.name, "bench.world_size": distributed()[2],
+                **{f"bench.grid.{k}": v for k, v in spec.grid.items()}}  # fmt: skip
+        try:
+            self.run_id = ctx.tracker.start_trial(ctx.parent_run_id, spec.key.replace("|", " "), tags, params)
+        except BaseException as e:
+            self.__exit__(type(e), e, None)
+            raise
+        trial.set_user_attr("mlflow_run_id", self.run_id)
+        return self
+
+    def _tell(self, state: TrialState, value: float | None = None) -> None:
+        """Tell Optuna; ``self.state`` is the state the trial really has afterwards (FAIL where
+        another process's dead-trial sweep closed it first)."""
+        self.state = self.ctx.optuna_study.tell(self.trial, value, state=state, skip_if_finished=True).state
+
+    def _note_error(self, message: str) -> None:
+        try:
+            self.trial.set_user_attr("error", message[:500])
+        except optuna.exceptions.UpdateFinishedTrialError:  # closed meanwhile by a dead-trial sweep
+            pass
+
+    def __exit__(self, exc_type, e, tb) -> bool:
+        tracker, run = self.ctx.tracker, self.run_id
+        if e is None:
+            self._tell(TrialState.COMPLETE, self.value)
+            if self.state != TrialState.COMPLETE:  # lost the race with a sweep: the result is not counted
+                tracker.set_tags(run, {"bench.state": self.state.name, "bench.error": "closed by another process "
+                                       "as dead before it finished (heartbeat missed); the next run retries it"})  # fmt: skip
+            tracker.end(run, "FINISHED" if self.state == TrialState.COMPLETE else "FAILED")
+            return False
+        if isinstance(e, TrackingStoreError):
+            e.trial = self.trial.number
+            self._note_error(f"MLflow store failed: {e.detail}")
+            self._tell(TrialState.FAIL)  # the run is left RUNNING; the next `bench run` ends it
+            return False
+        if isinstance(e, optuna.TrialPruned):
+            self._tell(TrialState.PRUNED)
+            tracker.set_tags(run, {"bench.state": "PRUNED", "bench.pruned": str(e)})
+            tracker.end(run, "KILLED")
+            return True
+        self._note_error(f"{type(e).__name__}: {e}")
+        self._tell(TrialState.FAIL)
+        if not run:
+            return False
+        if isinstance(e, Exception):
+            tracker.set_tags(run, {"bench.state": "FAIL", "bench.error": f"{type(e).__name__}: {e}"})
+            tracker.log_text(run, "".join(traceback.format_exception(e)), "error.txt")
+            tracker.end(run, "FAILED")
+            return True
+        tracker.set_tags(run, {"bench.state": "FAIL", "bench.error": "interrupted"})  # checkpoint kept
+        tracker.end(run, "KILLED")
+        return False
+
+
+def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
+    """Run a claimed (RUNNING) trial to its end; return its final state. Never raises for a
+    failing trial (it is marked FAIL in Optuna and FAILED in MLflow); re-raises interrupts and
+    a failing MLflow store (:class:`TrackingStoreError`)."""
+    t_start = time.perf_counter()
+    spec = trial_spec(ctx, trial)
+    cfg, study, tracker = spec.cfg, ctx.study, ctx.tracker
+    ckpt, label_root = job_paths(ctx.workdir, spec.key)
     label_root = label_root if cfg.segment.enabled else None
-    epochs = cfg.train.epochs
-    try:
-        if ckpt.is_file():  # a dead worker's progress: log what it had, then go on from there
-            state = load_checkpoint(ckpt)
+    label, epochs = f"{spec.key} (trial {trial.number})", cfg.train.epochs
+    with TrialLifecycle(ctx, trial, spec) as life:
+        run_id = life.run_id
+        state, discarded = usable_checkpoint(ckpt, spec.config_hash)
+        if discarded:
+            tracker.set_tags(run_id, {"bench.checkpoint_discarded": discarded})
+        if state is not None:  # a dead worker's progress: log what it had, then go on from there
             for step, row in enumerate(state["history"].tolist()):
                 tracker.log_metrics(run_id, dict(zip(state["history_keys"], row)), step=step)
             tracker.set_tags(run_id, {"bench.resumed_from_epoch": len(state["history"])})
@@ -218,8 +322,10 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> optuna.trial.TrialState
 
         if ctx.on_progress:
             ctx.on_progress(label, 0, epochs)
+        meta = {HASH_ATTR: spec.config_hash, "job_key": spec.key, CONFIG_ATTR: cfg.model_dump_json()}
         t0 = time.perf_counter()
-        result = train_stage1(cfg, ctx.splits, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=False)
+        result = train_stage1(cfg, ctx.splits, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=False,
+                              checkpoint_meta=meta)  # fmt: skip
         t1 = time.perf_counter()
         pseudo = make_pseudo_labels(
             result.model, ctx.splits.pseudo, cfg.pseudo, result.device, out_dir=label_root,
@@ -233,30 +339,11 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> optuna.trial.TrialState
         tracker.log_metrics(run_id, metrics, step=epochs)
         write_artifacts(tracker, run_id, cfg, study, pseudo, table, list(ctx.splits.class_names))
         objective = study.search.metric if study.search else "pseudo_miou"
-        value = metrics.get(objective)
-        if value is None or value != value:
+        life.value = metrics.get(objective)
+        if life.value is None or life.value != life.value:
             raise ValueError(f"objective metric {objective!r} is missing or NaN; have: {', '.join(sorted(metrics))}")
-        ctx.optuna_study.tell(trial, value)
-        tracker.end(run_id, "FINISHED")
+    if life.state in (TrialState.COMPLETE, TrialState.PRUNED):
         ckpt.unlink(missing_ok=True)
         if label_root is not None:
             shutil.rmtree(label_root, ignore_errors=True)
-        return optuna.trial.TrialState.COMPLETE
-    except optuna.TrialPruned as e:
-        tracker.set_tags(run_id, {"bench.state": "PRUNED", "bench.pruned": str(e)})
-        ctx.optuna_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        tracker.end(run_id, "KILLED")
-        ckpt.unlink(missing_ok=True)
-        return optuna.trial.TrialState.PRUNED
-    except Exception as e:
-        tracker.set_tags(run_id, {"bench.state": "FAIL", "bench.error": f"{type(e).__name__}: {e}"})
-        tracker.client.log_text(run_id, traceback.format_exc(), "error.txt")
-        trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
-        ctx.optuna_study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        tracker.end(run_id, "FAILED")
-        return optuna.trial.TrialState.FAIL
-    except BaseException:  # interrupted: the trial is failed here, the checkpoint kept for a re-run
-        ctx.optuna_study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        tracker.set_tags(run_id, {"bench.state": "FAIL", "bench.error": "interrupted"})
-        tracker.end(run_id, "KILLED")
-        raise
+    return life.state

@@ -87,3 +87,19 @@ def test_paired_uses_shared_seeds_only_and_needs_two_for_a_p_value():
     one = paired(runs({"vit-pcm": [0.5], "tkp": [0.7]}), "tkp", "vit-pcm", "pseudo_miou")
     assert one.n == 1 and one.diff == pytest.approx(0.2) and np.isnan(one.p)
     assert paired(df, "tkp", "vit-pcm", "seg_miou") is None  # metric not logged
+
+
+def test_grid_points_are_read_from_the_run_tags_not_the_job_key():
+    import pandas as pd
+
+    from bench.report_data import run_grid_points
+
+    runs = pd.DataFrame({
+        "tags.bench.job_key": ["tkp|pooling.k_ratio=0.1|seed=0", "tkp|pooling.k_ratio=0.3|seed=0", "vit-pcm|seed=0"],
+        "tags.bench.grid.pooling.k_ratio": ["0.1", "0.3", None],
+        "tags.bench.grid.loss.eq_form": ["flip", "vitpcm", None],
+    })  # fmt: skip
+    assert list(run_grid_points(runs)) == [
+        {"pooling.k_ratio": "0.1", "loss.eq_form": "flip"}, {"pooling.k_ratio": "0.3", "loss.eq_form": "vitpcm"}, {},
+    ]  # the key's own text is never parsed: its second run says eq_form nowhere
+    assert list(run_grid_points(pd.DataFrame({"tags.bench.job_key": ["a|seed=0"]}))) == [{}]

@@ -243,6 +243,28 @@ class MethodConfig(_Strict):
         return self
 
 
+#: Execution settings: how fast and where a configuration runs, not what it computes. They are
+#: left out of a configuration's identity (``bench``'s configuration hash and its comparison of a
+#: study file with a stored study), so a study can be continued on another machine (CPU -> GPU).
+#: Dotted paths into ``MethodConfig`` (and ``data.`` into the data configuration).
+EXECUTION_KEYS: tuple[str, ...] = (
+    "train.device", "train.amp", "train.compile", "train.num_threads",
+    "segment.amp", "segment.channels_last", "segment.compile",
+    "pseudo.workers", "data.loader_workers",
+)  # fmt: skip
+
+
+def with_execution(cfg: MethodConfig, source: MethodConfig) -> MethodConfig:
+    """A copy of ``cfg`` (e.g. a stored configuration) with the execution settings of ``source``
+    (this machine's study file); every other value is ``cfg``'s."""
+    out = cfg.model_copy(deep=True)
+    for dotted in EXECUTION_KEYS:
+        section, _, name = dotted.partition(".")
+        if hasattr(out, section) and name in type(getattr(out, section)).model_fields:
+            setattr(getattr(out, section), name, getattr(getattr(source, section), name))
+    return out
+
+
 class SyntheticDataConfig(_Strict):
     """The procedural scenes of :mod:`tkp_pcl.data.synthetic`."""
 

@@ -183,6 +183,7 @@ def train_stage1(
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
     model: PatchClassifier | None = None,
+    checkpoint_meta: dict | None = None,
 ) -> Stage1Result:
     """Train the patch classifier on ``splits.train`` with image labels only.
 
@@ -199,6 +200,8 @@ def train_stage1(
     DistributedDataParallel and each rank sees its share of every epoch (DistributedSampler,
     ``batch_size`` per rank); losses are averaged over ranks; rank 0 alone evaluates, writes the
     checkpoint and calls ``on_epoch_end``. Every rank must pass the same ``checkpoint_path``.
+    ``checkpoint_meta`` (plain data, e.g. the configuration and its hash) is saved in every
+    checkpoint as ``state["meta"]``; the caller checks it before resuming.
     """
     tc = cfg.train
     if tc.num_threads:
@@ -252,7 +255,7 @@ def train_stage1(
             _rank0_decides(False, epoch)
             continue
         if checkpoint_path is not None:
-            save_checkpoint(_checkpoint_state(model, opt, sched, gen, history), checkpoint_path)
+            save_checkpoint({**_checkpoint_state(model, opt, sched, gen, history), "meta": checkpoint_meta or {}}, checkpoint_path)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", miou=f"{metrics['monitor_pseudo_miou']:.3f}")
         try:
             if on_epoch_end is not None:
