@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,6 +320,26 @@ def seed_values(per_seed: Mapping[int, Mapping[str, float]], metric: str, prefix
                 if m in per_seed[s]:
                     out[seed_metric(m, s, prefix)] = per_seed[s][m]
     return out
+
+
+PROTOCOL_ATTR = "search_protocol"  # Optuna user attribute of a search trial: its tune split and seeds
+
+
+def protocol_json(study: Study) -> str:
+    """What a search trial's values depend on beyond its configuration: ``search.tune`` and
+    ``search.seeds`` (stored with the trial as :data:`PROTOCOL_ATTR`)."""
+    s = study.search
+    return json.dumps({"tune": s.tune.model_dump(exclude_none=True) if s.tune else None, "seeds": list(s.seeds)})
+
+
+def protocol_difference(study: Study, stored: str) -> str | None:
+    """``search.tune: ... here, ... in`` when this file's tune split or search seeds differ
+    from those a trial stored (None when they agree)."""
+    here, there = json.loads(protocol_json(study)), json.loads(stored)
+    for key in ("tune", "seeds"):
+        if here.get(key) != there.get(key):
+            return f"search.{key}: {json.dumps(here.get(key))} here, {json.dumps(there.get(key))} in"
+    return None
 
 
 def plan_rows(study: Study) -> list[tuple[str, str]]:

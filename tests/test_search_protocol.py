@@ -277,3 +277,15 @@ def test_plan_rows_name_the_tune_split_and_the_confirmation(tmp_path):
     assert rows["tune split"] == "8 scenes of the synthetic 'tune' stream" and rows["search seeds"].startswith("0, 1")
     assert rows["then: confirm"].startswith("9 runs after the search: tkp-pcl-top1..top2 and vit-pcm x seeds 10, 11, 12")
     assert "confirm" not in " ".join(dict(plan_rows(load_study(study_file(tmp_path, confirm=None)))))
+
+
+def test_a_changed_tune_split_or_search_seeds_is_named(tmp_path):
+    from bench.search_protocol import protocol_difference, protocol_json
+
+    study = load_study(study_file(tmp_path))
+    stored = protocol_json(study)
+    assert protocol_difference(study, stored) is None
+    other = load_study(study_file(tmp_path, search=SEARCH | {"tune": {"count": 4}}))
+    assert protocol_difference(other, stored) == 'search.tune: {"count": 4} here, {"count": 8} in'
+    other = load_study(study_file(tmp_path, search=SEARCH | {"seeds": [0]}))
+    assert protocol_difference(other, stored) == "search.seeds: [0] here, [0, 1] in"
