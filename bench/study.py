@@ -440,5 +440,5 @@ def job_config_for_search(study: Study, params: dict[str, Any]) -> MethodConfig:
     """The configuration of a search trial: the searched variant with the sampled values."""
     variant = search_variant(study)
     cfg = validate_method(merge(merge(study.base, study.variants[variant]), params, "search.space"), "search.space")
-    cfg.train.seed = study.search.seed
+    cfg.train.seed = study.search.seeds[0]  # its first training seed (search.seeds defaults to [search.seed])
     return cfg

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri")
     ap.add_argument("--storage")
     ap.add_argument("--threads", type=int)
+    ap.set_defaults(command="worker")  # bench.cli._load reads it
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -34,6 +34,7 @@ def test_search_with_confirmation_end_to_end(tmp_path, monkeypatch, capsys):
     # search runs: both seeds' tune values, the objective their mean; no report-split metric
     search = trials[trials["tags.bench.stage"] == "search"]
     assert len(search) == 3 and (search["status"] == "FINISHED").all()
+    assert set(search["tags.bench.seed"]) == {"0"} and set(search["tags.bench.search_seeds"]) == {"0,1"}
     mean = (search["metrics.tune_pseudo_miou_seed0"] + search["metrics.tune_pseudo_miou_seed1"]) / 2
     assert (search["metrics.tune_pseudo_miou"] - mean).abs().max() < 1e-9
     assert "metrics.pseudo_miou" not in search or search["metrics.pseudo_miou"].isna().all()
