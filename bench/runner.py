@@ -135,6 +135,7 @@ def prepare(h: StudyHandle, path: str) -> dict[str, int]:
             if job.key not in live:
                 h.optuna_study.enqueue_trial(params={}, user_attrs=job_attrs(job, h.study))
                 queued += 1
+    queued += enqueue_confirmation(h, retry_failed=True)  # a failed confirmation run: retried once per run, as grid jobs
     return {"dead": dead, "queued": queued}
 
 
@@ -155,13 +156,14 @@ def next_trial(h: StudyHandle) -> optuna.Trial | None:
     return None
 
 
-def enqueue_confirmation(h: StudyHandle) -> int:
+def enqueue_confirmation(h: StudyHandle, retry_failed: bool = False) -> int:
     """Enqueue the confirmation jobs that are due and missing (each once, under the study's
-    lock, with its resolved configuration); returns how many."""
-    if h.study.confirm is None or confirmation_todo(h.study, h.trials()) in (None, []):
+    lock, with its resolved configuration; failed ones too with ``retry_failed``, as
+    :func:`prepare` does); returns how many."""
+    if h.study.confirm is None or confirmation_todo(h.study, h.trials(), retry_failed) in (None, []):
         return 0
     with study_lock(h.storage_url, h.study.name):
-        todo = confirmation_todo(h.study, h.trials()) or []  # again: another process may have done it
+        todo = confirmation_todo(h.study, h.trials(), retry_failed) or []  # again: another process may have done it
         for job in todo:
             h.optuna_study.enqueue_trial(params={}, user_attrs={**confirm_attrs(job), DATA_ATTR: data_json(h.study)})
     return len(todo)

@@ -261,10 +261,12 @@ def search_spent(study: Study, trials: Iterable[Any]) -> bool:
     return used >= study.search.n_trials
 
 
-def confirmation_todo(study: Study, trials: Sequence[Any]) -> list[ConfirmJob] | None:
+def confirmation_todo(study: Study, trials: Sequence[Any], retry_failed: bool = False) -> list[ConfirmJob] | None:
     """The confirmation jobs to enqueue now: None while the confirmation is not due (no
     ``confirm:``, search budget not spent, or search trials still running or waiting), else the
-    jobs no live (complete, pruned, running, waiting) trial holds; [] when none is missing.
+    jobs no live (complete, pruned, running, waiting) trial holds, nor a failed one unless
+    ``retry_failed`` (as grid jobs, a failed job is retried by the next ``bench run``, not in a
+    loop); [] when none is missing.
     Raises :class:`StudyError` if the study confirmed other search trials than those that rank
     top now (``search.n_trials`` raised after the confirmation)."""
     if study.confirm is None or not search_spent(study, trials):
@@ -284,7 +286,8 @@ def confirmation_todo(study: Study, trials: Sequence[Any]) -> list[ConfirmJob] |
                 f"confirm: the study confirmed search trial {t.user_attrs['confirm_of']} ({key!r}), which is no longer "
                 f"in the top {study.confirm.top_n} (search.n_trials changed?); rename the study to confirm another search"
             )
-    live = {_key(t) for t in trials if t.state.name in _LIVE}
+    held = _LIVE if retry_failed else (*_LIVE, "FAIL")
+    live = {_key(t) for t in trials if t.state.name in held}
     return [j for j in jobs if j.key not in live]
 
 
