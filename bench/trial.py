@@ -52,7 +52,6 @@ class TrialContext:
     on_progress: Progress | None = None
     before_stage1: Callable[[MethodConfig, Path], None] | None = None  # (config, checkpoint): DDP's rank 0 tells the others
     _splits: Splits | None = field(default=None, repr=False)
-
     _protocol: ProtocolSplits | None = field(default=None, repr=False)
 
     @property
