@@ -142,12 +142,20 @@ def cmd_run(args) -> int:
         return dry_run(study, storage_url)
     from tkp_pcl.data import load_splits
 
-    load_splits(study.data)  # a missing data set is an error before anything is written
+    from .search_protocol import protocol_splits
+    from .study import StudyError
+
+    try:  # a missing data set, or tune images among the reported ones: an error before anything is written
+        protocol = protocol_splits(study, load_splits(study.data))
+    except StudyError as e:
+        raise StudyError(f"{args.study}: {e}") from None
     _check_weights(study)  # so is a model.pretrained_file that is missing or does not fit
     h = runner.open_study(study, storage_url, tracking_uri, create=True)
     runner.check(h, args.study)  # a file that disagrees with the stored trials: refused, nothing written
     try:
-        h.tracker.open()
+        parent = h.tracker.open()
+        if protocol is not None:
+            _log_split_ids(h.tracker, parent, protocol)
         info = runner.prepare(h, args.study)
         console.print(
             f"study [bold]{study.name}[/]: {h.total} trials ({len(h.trials(states=runner.DONE_STATES))} done, "
@@ -163,6 +171,16 @@ def cmd_run(args) -> int:
         return _summary(h, console)
     except TrackingStoreError as e:
         return _store_failed(e)
+
+
+def _log_split_ids(tracker, parent_run_id: str, protocol) -> None:
+    """``tune_ids.txt`` and ``report_ids.txt`` as artifacts of the study's parent run."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in protocol.write_ids(Path(tmp)):
+            tracker.log_artifact(parent_run_id, path)
 
 
 def _store_failed(e) -> int:
@@ -215,10 +233,13 @@ def dry_run(study, storage_url: str) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from .search_protocol import confirm_total, plan_rows
     from .study import study_jobs
 
     jobs = study_jobs(study)
-    table = Table(title=f"{study.name}: {len(jobs) or study.search.n_trials} trials (dry run)")
+    n = len(jobs) or study.search.n_trials
+    then = f" + {confirm_total(study)} confirmation runs" if study.confirm else ""
+    table = Table(title=f"{study.name}: {n} trials{then} (dry run)")
     if jobs:
         for col in ("#", "job", "variant", "seed", "pooling", "pce_weight", "epochs"):
             table.add_column(col)
@@ -232,7 +253,7 @@ def dry_run(study, storage_url: str) -> int:
         table.add_column("value")
         for k, v in [("variant", s.variant or next(iter(study.variants))), ("sampler", s.sampler),
                      ("pruner", s.pruner), ("objective", f"{s.direction} {s.metric}"), ("n_trials", s.n_trials),
-                     *((f"space.{p}", spec.model_dump()) for p, spec in s.space.items())]:  # fmt: skip
+                     *((f"space.{p}", spec.model_dump()) for p, spec in s.space.items()), *plan_rows(study)]:  # fmt: skip
             table.add_row(k, str(v))
     Console().print(table)
     return 0
@@ -290,6 +311,7 @@ def cmd_ls(args) -> int:
 def cmd_report(args) -> int:
     from . import report
     from .report_data import ReportError
+    from .report_search import SearchInfo
     from .storage import open_storage, resolve_storage_url, storage_exists
     from .tracking import resolve_tracking_uri, store_exists
 
@@ -312,8 +334,11 @@ def cmd_report(args) -> int:
             if ostudy is not None and not any("search|" in t.user_attrs.get("job_key", "") for t in ostudy.trials):
                 ostudy = None  # a grid study: no search plots
     expected = len(study.seeds) if study and study.search is None else None
+    if study is not None and study.confirm is not None:
+        expected = len(study.confirm.seeds)
+    search = SearchInfo.from_study(study) if study is not None and study.search is not None else None
     out = Path(args.out) if args.out else Path("reports") / name
-    path = report.build(name, uri, out, expected_seeds=expected, baseline=args.baseline, optuna_study=ostudy)
+    path = report.build(name, uri, out, expected_seeds=expected, baseline=args.baseline, optuna_study=ostudy, search=search)
     print(f"report written: {path} and {path.with_suffix('.html')} (tables/, plots/ beside them)")
     return 0
 

@@ -23,6 +23,7 @@ import optuna
 from tkp_pcl.config import MethodConfig, with_execution
 from tkp_pcl.train import load_checkpoint
 
+from .search_protocol import CONFIRM_PREFIX, PROTOCOL_ATTR, confirmation_jobs, protocol_difference, stage_of
 from .study import Job, Study, StudyError, config_hash, first_difference, flatten, job_config_for_search, study_jobs
 
 CONFIG_ATTR = "config"  # JSON of MethodConfig.model_dump(mode="json")
@@ -81,10 +82,17 @@ def _show(v: Any) -> str:
 
 
 def _expected(study: Study, jobs: dict[str, Job], t: optuna.trial.FrozenTrial) -> MethodConfig | None:
-    """This file's configuration for a stored trial; raises if the file no longer defines it."""
+    """This file's configuration for a stored trial; raises if the file no longer defines it.
+    ``jobs`` holds the grid jobs and the confirmation jobs of the study's search trials."""
     key, variant = t.user_attrs.get("job_key"), t.user_attrs.get("variant", "?")
     if key is None:  # a search trial asked but not started yet: nothing stored to compare
         return None
+    if key.startswith(CONFIRM_PREFIX):
+        if study.confirm is None:
+            raise StudyError(f"confirm: missing here, but the study's trial {t.number} is a confirmation run")
+        if key not in jobs:
+            raise StudyError(f"confirm: the study's trial {t.number} ran {key!r}, which this file's confirm: block does not define")
+        return jobs[key].config
     if key.startswith("search|"):
         if study.search is None:
             raise StudyError(f"search: missing here, but the study's trial {t.number} is a search trial")
@@ -92,6 +100,8 @@ def _expected(study: Study, jobs: dict[str, Job], t: optuna.trial.FrozenTrial) -
             have = ", ".join(sorted(t.params)) or "nothing"
             raise StudyError(f"search.space: the study's trial {t.number} searched {have}, this file "
                              f"{', '.join(sorted(study.search.space))}")  # fmt: skip
+        if PROTOCOL_ATTR in t.user_attrs and (diff := protocol_difference(study, t.user_attrs[PROTOCOL_ATTR])):
+            raise StudyError(f"{diff} the study's trial {t.number}")
         return job_config_for_search(study, dict(t.params))
     if key not in jobs:
         where = f"variants.{variant}" if variant not in study.variants else "grid"
@@ -99,12 +109,24 @@ def _expected(study: Study, jobs: dict[str, Job], t: optuna.trial.FrozenTrial) -
     return jobs[key].config
 
 
+def _expected_search(study: Study, searched: list[optuna.trial.FrozenTrial]) -> None:
+    for t in searched:
+        _expected(study, {}, t)
+
+
 def check_study_file(study: Study, trials: list[optuna.trial.FrozenTrial], path: str) -> None:
     """Refuse (:class:`StudyError`, one line naming the first differing YAML path) a study file
     whose configuration differs from the one stored with any trial of the study, whatever its
     state: a killed trial's checkpoint, a finished trial's results were made with it."""
-    jobs = {j.key: j for j in study_jobs(study)}
+    jobs: dict[str, Any] = {j.key: j for j in study_jobs(study)}
     hint = "(rename the study to run another configuration)"
+    if study.confirm is not None and any(str(t.user_attrs.get("job_key")).startswith(CONFIRM_PREFIX) for t in trials):
+        searched = [t for t in trials if stage_of(t.user_attrs.get("job_key")) == "search" and t.state.name == "COMPLETE"]
+        try:
+            _expected_search(study, searched)
+        except StudyError as e:
+            raise StudyError(f"{path}: {e} {hint}") from None
+        jobs.update({j.key: j for j in confirmation_jobs(study, searched)})
     for t in trials:
         try:
             here = _expected(study, jobs, t)

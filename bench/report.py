@@ -21,8 +21,9 @@ import pandas as pd
 from . import report_plots as plots
 from .protocol import protocol_card, protocol_sentence
 from .report_blocks import Alert, Block, Bullets, Figure, Heading, Paragraph, Table, render_html, render_markdown, write_tables
+from .report_search import SearchInfo, Section, confirmation_section, is_staged, search_only_study, search_section, stage_runs
 from .report_data import (
-    METRIC_LABELS, ReportError, finished, load_runs, metric_histories, per_class_iou, status_table, summary,
+    CI_NAMES, METRIC_LABELS, T_INTERVAL_BELOW, ReportError, finished, load_runs, metric_histories, per_class_iou, status_table, summary,
 )  # fmt: skip
 
 BASELINE = "vit-pcm"
@@ -67,7 +68,8 @@ def claims(s: pd.DataFrame, baseline: str | None) -> list[str]:
                 continue
             pv = pvalue(row[f"{m}_p"])
             pv = pv if pv.startswith("<") else f"= {pv}"
-            ci = "" if math.isnan(row[f"{m}_ci_low"]) else f", 95% paired bootstrap CI [{100 * row[f'{m}_ci_low']:+.1f}, {100 * row[f'{m}_ci_high']:+.1f}]"
+            kind = CI_NAMES.get(row.get(f"{m}_ci_kind"), "CI")
+            ci = "" if math.isnan(row[f"{m}_ci_low"]) else f", 95% {kind} [{100 * row[f'{m}_ci_low']:+.1f}, {100 * row[f'{m}_ci_high']:+.1f}]"
             out.append(
                 f"{group} vs {baseline}: {METRIC_LABELS[m]} {100 * d:+.1f} points{ci}; paired t-test over "
                 f"{int(row[f'{m}_pairs'])} seeds, p {pv}."
@@ -103,8 +105,10 @@ def _main_section(df, s, status, base, study_name: str, pdir: Path) -> list[Bloc
     blocks.append(Table(frame, f"{study_name}: mIoU (%), mean ± std over seeds", name="main", data=s, bold=bold))
     blocks.append(Table(status, "Trial runs per group and state", name="status", show=False))
     if base:
-        blocks.append(Paragraph(f"Δ: paired difference to {base} over shared seeds, in points, with a 95% percentile "
-                                "bootstrap CI (scipy.stats.bootstrap, 3+ seeds); p: two-sided paired t-test (scipy.stats.ttest_rel)."))  # fmt: skip
+        blocks.append(Paragraph(f"Δ: paired difference to {base} over shared seeds, in points, with a 95% CI: the paired "
+                                f"t-interval below {T_INTERVAL_BELOW} seed pairs (it agrees with the t-test), the percentile "
+                                f"bootstrap (scipy.stats.bootstrap) from {T_INTERVAL_BELOW} on; each claim below names the one "
+                                "shown. p: two-sided paired t-test (scipy.stats.ttest_rel)."))  # fmt: skip
         if items := claims(s, base):
             blocks.append(Bullets(tuple(items)))
     blocks.append(Figure(plots.variants_plot(df, s.attrs["metrics"], pdir / "variants.png"), "Each dot a seed; diamonds: mean ± std."))
@@ -183,19 +187,30 @@ def _search_section(optuna_study, pdir: Path) -> list[Block]:
 
 def build(
     study_name: str, uri: str, out: Path, expected_seeds: int | None = None, baseline: str = BASELINE,
-    optuna_study=None,
+    optuna_study=None, search: SearchInfo | None = None,
 ) -> Path:  # fmt: skip
-    """Write the report of ``study_name`` under ``out``; returns the path of report.md."""
-    df = load_runs(uri, study_name)
-    if finished(df).empty:
-        raise ReportError(f"study {study_name!r} has no finished trial yet ({len(df)} runs: {', '.join(sorted(set(df['state'])))})")
+    """Write the report of ``study_name`` under ``out``; returns the path of report.md. A search
+    study whose runs carry ``bench.stage`` gets a Search section (tune-split values) and a
+    Confirmation section, and its main table is built from the confirmation runs only."""
+    runs = load_runs(uri, study_name)
+    if finished(runs).empty:
+        raise ReportError(f"study {study_name!r} has no finished trial yet ({len(runs)} runs: {', '.join(sorted(set(runs['state'])))})")
     pdir = out / "plots"
     pdir.mkdir(parents=True, exist_ok=True)
+    blocks: list[Block] = [Heading(f"Study report: {study_name}", 1)]
+    df, staged = runs, is_staged(runs)
+    if staged:
+        search = search or SearchInfo.from_runs(runs, optuna_study, baseline)
+        search.baseline = baseline = search.baseline or baseline
+        blocks += _staged_sections(runs, optuna_study, search, pdir)
+        df = stage_runs(runs, "confirm")
+        if finished(df).empty:
+            blocks.append(Paragraph("No confirmation run (no confirm: block, or none finished yet): nothing here is scored on the report split."))
+            return _write(blocks, out, study_name)
     base = baseline if baseline in set(df["variant"]) else None
     status = status_table(df, expected_seeds)
     s = summary(df, base)
     crf = "pseudo_miou_crf" in s.attrs["metrics"]
-    blocks: list[Block] = [Heading(f"Study report: {study_name}", 1)]
     incomplete = status[(status["seeds"] < status["expected"]) | (status.drop(columns=["FINISHED", "seeds", "expected"]).sum(axis=1) > 0)]
     if len(incomplete):
         rows = "; ".join(f"{g}: {int(r['seeds'])}/{int(r['expected'])} seeds finished"
@@ -210,12 +225,40 @@ def build(
     blocks += _per_class_section(df, crf, pdir)
     blocks += _curves_section(df, uri, pdir)
     blocks += _overlay_section(df, uri, crf, pdir)
-    if optuna_study is not None:
+    if staged:  # the main table of a search study: the confirmation runs on the report split
+        blocks = [Heading(f"{b.text} (confirmation runs, report split)") if b == Heading("Main results") else b for b in blocks]
+    elif optuna_study is not None:  # runs from before bench.stage was tagged
         blocks += _search_section(optuna_study, pdir)
+    return _write(blocks, out, study_name)
+
+
+def _write(blocks: list[Block], out: Path, study_name: str) -> Path:
     write_tables(blocks, out / "tables", study_name)
     (out / "report.md").write_text(render_markdown(blocks, out))
     (out / "report.html").write_text(render_html(blocks, study_name))
     return out / "report.md"
+
+
+def _section_blocks(section: Section) -> list[Block]:
+    """A section of :mod:`bench.report_search` as typed blocks (its tables saved under tables/)."""
+    out: list[Block] = [Heading(section.title)]
+    for b in section.blocks:
+        out.append(Paragraph(b) if isinstance(b, str) else Table(b.display, b.caption, name=b.name, data=b.data))
+    return out
+
+
+def _staged_sections(runs: pd.DataFrame, optuna_study, search: SearchInfo, pdir: Path) -> list[Block]:
+    """Search (best trials, history and importances: search trials only, tune-split values) and
+    Confirmation (protocol and optimism gap) of a search study."""
+    blocks: list[Block] = []
+    if optuna_study is not None:
+        blocks += _section_blocks(search_section(runs, optuna_study, search))
+        figures = plots.optuna_plots(search_only_study(optuna_study), pdir)
+        blocks += [Figure(p, f"{p.stem.replace('_', ' ')} (search trials, {search.split})") for p in figures]
+        blocks += _section_blocks(confirmation_section(runs, optuna_study, search))
+    else:
+        blocks.append(Alert("The Optuna study was not found (pass --storage): no Search section and no optimism gap."))
+    return blocks
 
 
 def _protocol_section(df: pd.DataFrame, baseline: str | None) -> list[Block]:

@@ -1,6 +1,6 @@
 """Reading a study's runs back from MLflow (``mlflow.search_runs`` -> pandas) and the statistics
 of the report: mean +- std over seeds, paired differences to the baseline with a paired t-test
-and a bootstrap confidence interval.
+and a confidence interval (the paired t-interval below 8 seeds, a bootstrap one from there).
 """
 
 from __future__ import annotations
@@ -85,9 +85,13 @@ def status_table(df: pd.DataFrame, expected_seeds: int | None) -> pd.DataFrame:
     return t.reindex(pd.unique(df["group"]))
 
 
+T_INTERVAL_BELOW = 8  # fewer paired seeds than this: the paired t-interval, else the bootstrap
+
+
 @dataclass
 class Comparison:
-    """A group against the baseline over the seeds both have (paired)."""
+    """A group against the baseline over the seeds both have (paired). ``ci_kind``: ``"t"``
+    (paired t-interval) or ``"bootstrap"`` (percentile bootstrap); None without an interval."""
 
     group: str
     metric: str
@@ -96,11 +100,15 @@ class Comparison:
     ci_low: float
     ci_high: float
     p: float
+    ci_kind: str | None = None
 
 
 def paired(df: pd.DataFrame, group: str, baseline: str, metric: str) -> Comparison | None:
-    """Paired difference ``group - baseline`` of ``metric`` over shared seeds: mean, 95%
-    bootstrap CI (``scipy.stats.bootstrap``, 3+ seeds) and two-sided paired t-test p (2+ seeds)."""
+    """Paired difference ``group - baseline`` of ``metric`` over shared seeds: mean, two-sided
+    paired t-test p (2+ seeds) and a 95% CI: below ``T_INTERVAL_BELOW`` pairs the paired
+    t-interval (the interval of that same test: it excludes 0 exactly when p < 0.05), from there
+    on the percentile bootstrap (``scipy.stats.bootstrap``). With 3 seeds a percentile bootstrap
+    is little more than the range of the three differences, far narrower than the test implies."""
     col = f"metrics.{metric}"
     if col not in df:
         return None
@@ -111,12 +119,20 @@ def paired(df: pd.DataFrame, group: str, baseline: str, metric: str) -> Comparis
     if d.empty:
         return None
     lo = hi = p = float("nan")
+    kind = None
     if len(d) >= 2 and d.std() > 0:
-        p = float(stats.ttest_rel(a[d.index], b[d.index]).pvalue)
-    if len(d) >= 3 and d.std() > 0:
-        ci = stats.bootstrap((d.to_numpy(),), np.mean, n_resamples=5000, method="percentile", random_state=0).confidence_interval
+        test = stats.ttest_rel(a[d.index], b[d.index])
+        p = float(test.pvalue)
+        if len(d) < T_INTERVAL_BELOW:
+            ci, kind = test.confidence_interval(0.95), "t"
+        else:
+            ci = stats.bootstrap((d.to_numpy(),), np.mean, n_resamples=5000, method="percentile", random_state=0).confidence_interval
+            kind = "bootstrap"
         lo, hi = float(ci.low), float(ci.high)
-    return Comparison(group, metric, len(d), float(d.mean()), lo, hi, p)
+    return Comparison(group, metric, len(d), float(d.mean()), lo, hi, p, kind)
+
+
+CI_NAMES = {"t": "paired t-interval", "bootstrap": "percentile bootstrap CI"}
 
 
 def summary(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
@@ -137,7 +153,7 @@ def summary(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
                 c = paired(df, group, base_group, m)
                 if c is not None:
                     row.update({f"{m}_diff": c.diff, f"{m}_ci_low": c.ci_low, f"{m}_ci_high": c.ci_high,
-                                f"{m}_p": c.p, f"{m}_pairs": c.n})  # fmt: skip
+                                f"{m}_p": c.p, f"{m}_pairs": c.n, f"{m}_ci_kind": c.ci_kind})  # fmt: skip
         rows.append(row)
     out = pd.DataFrame(rows).set_index("group")
     out.attrs["metrics"] = metrics

@@ -33,9 +33,10 @@ def variants_plot(df: pd.DataFrame, metrics: list[str], path: Path) -> Path:
     long["metric"] = long["metric"].str.removeprefix("metrics.").map(METRIC_LABELS)
     long["mIoU"] *= 100
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * f["group"].nunique() * len(metrics) ** 0.5, 3.6))
-    sns.pointplot(long, x="group", y="mIoU", hue="metric", errorbar="sd", dodge=0.4, linestyle="none",
+    dodge = len(metrics) > 1  # seaborn divides by (hue levels - 1)
+    sns.pointplot(long, x="group", y="mIoU", hue="metric", errorbar="sd", dodge=0.4 if dodge else False, linestyle="none",
                   capsize=0.1, markers="D", ax=ax)  # fmt: skip
-    sns.stripplot(long, x="group", y="mIoU", hue="metric", dodge=True, alpha=0.45, legend=False, ax=ax, size=4)
+    sns.stripplot(long, x="group", y="mIoU", hue="metric", dodge=dodge, alpha=0.45, legend=False, ax=ax, size=4)
     ax.set(xlabel="", ylabel="mIoU (%)", title="Pseudo-label quality per variant (mean ± std over seeds)")
     ax.tick_params(axis="x", rotation=20)
     return _save(fig, path)

@@ -23,8 +23,9 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .integrity import check_study_file, job_attrs
+from .integrity import DATA_ATTR, check_study_file, data_json, job_attrs
 from .storage import claim_waiting_trial, fail_dead_trials, heartbeat, open_storage, study_lock
+from .search_protocol import confirm_attrs, confirmation_todo, search_spent, stage_of
 from .study import Study, study_jobs
 from .trial import TrialContext, run_trial
 from .tracking import Tracker
@@ -66,7 +67,19 @@ class StudyHandle:
 
     @property
     def total(self) -> int:
-        return self.study.search.n_trials if self.study.search else len(study_jobs(self.study))
+        """Trials the study asks for: its grid jobs, or its search trials plus the confirmation
+        runs (fewer when fewer search trials finished than ``confirm.top_n``)."""
+        s, c = self.study.search, self.study.confirm
+        if s is None:
+            return len(study_jobs(self.study))
+        if c is None:
+            return s.n_trials
+        trials = self.trials()
+        top = c.top_n
+        if search_spent(self.study, trials):
+            finished = [t for t in trials if stage_of(t.user_attrs.get("job_key")) == "search" and t.state == TrialState.COMPLETE]
+            top = min(top, len(finished))
+        return s.n_trials + ((top + 1) * len(c.seeds) if top else 0)
 
     def trials(self, states=None) -> list[optuna.trial.FrozenTrial]:
         return self.optuna_study.get_trials(deepcopy=False, states=states)
@@ -122,24 +135,51 @@ def prepare(h: StudyHandle, path: str) -> dict[str, int]:
             if job.key not in live:
                 h.optuna_study.enqueue_trial(params={}, user_attrs=job_attrs(job, h.study))
                 queued += 1
+    queued += enqueue_confirmation(h, retry_failed=True)  # a failed confirmation run: retried once per run, as grid jobs
     return {"dead": dead, "queued": queued}
 
 
 def next_trial(h: StudyHandle) -> optuna.Trial | None:
-    """Claim a queued job, or ask the sampler for a search trial while the budget lasts."""
+    """Claim a queued job, or ask the sampler for a search trial while the budget lasts; once
+    it is spent and no search trial runs, enqueue the confirmation stage and claim from it."""
     trial = claim_waiting_trial(h.optuna_study, h.storage)
     if trial is not None or h.study.search is None:
         return trial
-    states = Counter(t.state for t in h.trials())
-    if states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.RUNNING] >= h.study.search.n_trials:
-        return None
-    if states[TrialState.FAIL] >= max(3, h.study.search.n_trials):
-        return None  # every trial fails: stop instead of looping
-    return h.optuna_study.ask()
+    trials = h.trials()
+    if not search_spent(h.study, trials):
+        failed = sum(1 for t in trials if t.state == TrialState.FAIL and stage_of(t.user_attrs.get("job_key")) == "search")
+        if failed >= max(3, h.study.search.n_trials):
+            return None  # every trial fails: stop instead of looping
+        return h.optuna_study.ask()
+    if enqueue_confirmation(h):
+        return claim_waiting_trial(h.optuna_study, h.storage)
+    return None
 
 
-def work(h: StudyHandle, on_progress=None, on_trial_end=None) -> Counter:
-    """A worker: claim and run trials until none is left. Returns the states it produced."""
+def enqueue_confirmation(h: StudyHandle, retry_failed: bool = False) -> int:
+    """Enqueue the confirmation jobs that are due and missing (each once, under the study's
+    lock, with its resolved configuration; failed ones too with ``retry_failed``, as
+    :func:`prepare` does); returns how many."""
+    if h.study.confirm is None or confirmation_todo(h.study, h.trials(), retry_failed) in (None, []):
+        return 0
+    with study_lock(h.storage_url, h.study.name):
+        todo = confirmation_todo(h.study, h.trials(), retry_failed) or []  # again: another process may have done it
+        for job in todo:
+            h.optuna_study.enqueue_trial(params={}, user_attrs={**confirm_attrs(job), DATA_ATTR: data_json(h.study)})
+    return len(todo)
+
+
+def confirmation_pending(h: StudyHandle) -> bool:
+    """Whether the confirmation stage waits for search trials other workers still run."""
+    if h.study.confirm is None:
+        return False
+    trials = h.trials()
+    return search_spent(h.study, trials) and confirmation_todo(h.study, trials) is None
+
+
+def work(h: StudyHandle, on_progress=None, on_trial_end=None, poll: float = 2.0) -> Counter:
+    """A worker: claim and run trials until none is left (waiting, before a confirmation stage,
+    for the search trials of other workers to end). Returns the states it produced."""
     parent = h.tracker.open()
     ctx = TrialContext(h.study, h.optuna_study, h.tracker, parent, h.workdir, on_progress)
     done: Counter = Counter()
@@ -147,6 +187,9 @@ def work(h: StudyHandle, on_progress=None, on_trial_end=None) -> Counter:
         close_dead_trials(h)
         trial = next_trial(h)
         if trial is None:
+            if confirmation_pending(h):
+                time.sleep(poll)
+                continue
             return done
         with heartbeat(h.storage, h.optuna_study, trial):
             state = run_trial(ctx, trial)

@@ -68,6 +68,71 @@ class CategoricalParam(_Strict):
 SearchParam = FloatParam | IntParam | CategoricalParam
 
 
+# --- Search protocol (issue 12): the tune split and the confirmation stage ----------------------
+
+
+class TuneConfig(_Strict):
+    """Images whose masks a search may score (objective and pruning monitor); the report never
+    scores them. Exactly one key: ``fraction`` or ``count`` of the pseudo-label split chosen by
+    ``search.seed`` (file data sets), ``count`` images of a separate synthetic stream, or a
+    named ``split`` of the data set (VOC)."""
+
+    fraction: float | None = Field(None, gt=0, lt=1)
+    count: int | None = Field(None, ge=1)
+    split: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> "TuneConfig":
+        given = [k for k in ("fraction", "count", "split") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of fraction, count, split (got {', '.join(given) or 'none'})")
+        return self
+
+
+class ConfirmConfig(_Strict):
+    """After the search: the ``top_n`` best configurations and the ``baseline`` variant, each
+    trained with every one of ``seeds`` and scored on the report split like grid jobs."""
+
+    top_n: int = Field(1, ge=1)
+    seeds: list[int] = Field(min_length=2)
+    baseline: str
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must be unique")
+        return v
+
+
+def _check_protocol(study: "Study") -> None:
+    """Cross-field rules of ``search.tune``, ``search.seeds`` and ``confirm``."""
+    s, c = study.search, study.confirm
+    if c is not None:
+        if s is None:
+            raise StudyError("confirm: needs a search: block (it confirms the search's best configurations)")
+        if s.tune is None:
+            raise StudyError("confirm: needs search.tune (the images the search scores, kept out of the report)")
+        if c.baseline not in study.variants:
+            raise StudyError(f"confirm.baseline: {c.baseline!r} is not a variant; variants: {', '.join(study.variants)}")
+        clash = [f"{search_variant(study)}-top{r}" for r in range(1, c.top_n + 1)]
+        clash = [label for label in clash if label in study.variants]
+        if clash:
+            raise StudyError(f"variants.{clash[0]}: the name is taken by a confirmed configuration of confirm.top_n; rename it")
+    t = s.tune if s is not None else None
+    if t is None:
+        return
+    kind = study.data.kind
+    if kind == "synthetic" and t.count is None:
+        key = "fraction" if t.fraction is not None else "split"
+        raise StudyError(f"search.tune.{key}: synthetic data draws its tune images from their own stream; give count")
+    if t.split is not None and kind != "voc":
+        raise StudyError(f"search.tune.split: a named split needs file data (voc), not {kind}")
+
+
+# --- end of the search protocol block ----------------------------------------------------------
+
+
 class SearchConfig(_Strict):
     """An Optuna search over dotted paths of the method configuration of one variant."""
 
@@ -81,6 +146,24 @@ class SearchConfig(_Strict):
     direction: Literal["maximize", "minimize"] = "maximize"
     seed: int = 0
     space: dict[str, SearchParam] = Field(min_length=1)
+    # honest search (issue 12), see the "Search protocol" block above. ``tune``: the images the
+    # search scores (None: the report's own images, optimistic); ``seeds``: training seeds of
+    # every sampled configuration, objective = their mean (default: ``[seed]``)
+    tune: TuneConfig | None = None
+    seeds: list[int] | None = Field(None, min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("seeds must be unique")
+        return v
+
+    @model_validator(mode="after")
+    def _default_seeds(self) -> "SearchConfig":
+        if self.seeds is None:
+            self.seeds = [self.seed]
+        return self
 
 
 class TrackingConfig(_Strict):
@@ -113,6 +196,7 @@ class Study(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     search: SearchConfig | None = None
+    confirm: ConfirmConfig | None = None
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("name")
@@ -265,6 +349,7 @@ def load_study(path: str | Path) -> Study:
     try:
         study_jobs(study)  # every variant, grid point and search space resolves
         _check_search(study)
+        _check_protocol(study)
         check_stage2_overlap(study)
     except StudyError as e:
         raise StudyError(f"{path}: {e}") from None
@@ -355,5 +440,5 @@ def job_config_for_search(study: Study, params: dict[str, Any]) -> MethodConfig:
     """The configuration of a search trial: the searched variant with the sampled values."""
     variant = search_variant(study)
     cfg = validate_method(merge(merge(study.base, study.variants[variant]), params, "search.space"), "search.space")
-    cfg.train.seed = study.search.seed
+    cfg.train.seed = study.search.seeds[0]  # its first training seed (search.seeds defaults to [search.seed])
     return cfg

@@ -4,8 +4,8 @@
 
 A worker like ``bench worker``, except that all N processes train every trial together: rank 0
 opens the study (creating and enqueueing it if needed), claims trials and does all Optuna and
-MLflow work, pseudo labels and stage 2; it sends each trial's configuration to the other ranks,
-which only join stage-1 training. Backend: NCCL on CUDA, gloo on the CPU.
+MLflow work, pseudo labels and stage 2; it sends the configuration of each stage-1 training
+(one per seed of a search trial) to the other ranks, which only join stage-1 training. Backend: NCCL on CUDA, gloo on the CPU.
 """
 
 from __future__ import annotations
@@ -49,12 +49,13 @@ def rank_zero(args) -> int:
     from . import runner
     from .cli import _load
     from .storage import heartbeat
-    from .trial import TrialContext, job_paths, run_trial, trial_spec
+    from .trial import TrialContext, run_trial
 
     study, storage_url, tracking_uri = _load(args)
     h = runner.open_study(study, storage_url, tracking_uri, create=True)
     runner.check(h, args.study)
-    ctx = TrialContext(study, h.optuna_study, h.tracker, h.tracker.open(), h.workdir)
+    ctx = TrialContext(study, h.optuna_study, h.tracker, h.tracker.open(), h.workdir,
+                       before_stage1=lambda cfg, ckpt: _broadcast((cfg.model_dump(mode="json"), str(ckpt))))  # fmt: skip
     runner.prepare(h, args.study)
     failed = 0
     while True:
@@ -62,8 +63,6 @@ def rank_zero(args) -> int:
         if trial is None:
             _broadcast(None)
             break
-        spec = trial_spec(ctx, trial)  # the stored configuration (run_trial finds the same)
-        _broadcast((spec.cfg.model_dump(mode="json"), str(job_paths(ctx.workdir, spec.key)[0])))
         with heartbeat(h.storage, h.optuna_study, trial):
             failed += run_trial(ctx, trial).name == "FAIL"
     runner.finish_parent(h)
@@ -75,7 +74,12 @@ def other_rank(args) -> int:
 
     from .study import load_study
 
-    splits = load_splits(load_study(args.study).data)
+    from .search_protocol import protocol_splits
+
+    study = load_study(args.study)
+    splits = load_splits(study.data)
+    protocol = protocol_splits(study, splits)  # with a tune split every trial trains on the same (joined) images
+    splits = protocol.report if protocol is not None else splits
     while (msg := _broadcast(None)) is not None:
         cfg, ckpt = MethodConfig.model_validate(msg[0]), msg[1]
         try:

@@ -27,10 +27,12 @@ from tkp_pcl.segment import train_segmentation
 from tkp_pcl.train import Stage1Result, distributed, train_stage1
 
 from .integrity import CONFIG_ATTR, DATA_ATTR, HASH_ATTR, data_json, run_config, stored_config, usable_checkpoint
+from .search_protocol import PROTOCOL_ATTR, ProtocolSplits, confirm_tags, protocol_json, protocol_splits, seed_values, stage_of
 from .overlay import example_rows, overlay_grid, save_png
 from .storage import worker_identity
 from .study import (
     CategoricalParam, FloatParam, Study, StudyError, config_hash, flatten, job_config_for_search, search_variant, study_jobs,
+    variant_config,
 )  # fmt: skip
 from .tracking import Tracker, TrackingStoreError
 
@@ -48,13 +50,29 @@ class TrialContext:
     parent_run_id: str
     workdir: Path
     on_progress: Progress | None = None
+    before_stage1: Callable[[MethodConfig, Path], None] | None = None  # (config, checkpoint): DDP's rank 0 tells the others
     _splits: Splits | None = field(default=None, repr=False)
+    _protocol: ProtocolSplits | None = field(default=None, repr=False)
 
     @property
     def splits(self) -> Splits:
         if self._splits is None:
             self._splits = load_splits(self.study.data)
         return self._splits
+
+    @property
+    def protocol(self) -> ProtocolSplits | None:
+        """The tune / report splits of a search with ``search.tune`` (None without one)."""
+        if self._protocol is None and self.study.search is not None and self.study.search.tune is not None:
+            self._protocol = protocol_splits(self.study, self.splits)
+        return self._protocol
+
+    def for_stage(self, stage: str) -> "TrialContext":
+        """This context with the splits of a trial of ``stage``: a search trial reads the masks
+        of the tune images only; a confirmation run scores the report images."""
+        if self.protocol is None or stage == "grid":
+            return self
+        return dataclasses.replace(self, _splits=self.protocol.search if stage == "search" else self.protocol.report)
 
     @property
     def jobs(self) -> dict[str, Any]:
@@ -196,15 +214,22 @@ def trial_spec(ctx: TrialContext, trial: optuna.Trial) -> TrialSpec:
         stored = stored_config(trial) or (job.config if job else None)
         if stored is None:
             raise StudyError(f"trial {trial.number} (job {key!r}) has no stored configuration and this file lacks the job")
-        cfg = run_config(stored, job.config if job else stored)
+        cfg = run_config(stored, job.config if job else _execution_source(study, attrs["variant"]))
         grid = json.loads(attrs.get("grid") or "{}")
         return TrialSpec(key, attrs["variant"], int(attrs["seed"]), grid, cfg, config_hash(cfg))
     cfg = sample_search_config(study, trial)
     spec = TrialSpec(f"search|trial={trial.number}", search_variant(study), cfg.train.seed, {}, cfg, config_hash(cfg))
     for k, v in {"job_key": spec.key, "variant": spec.variant, "seed": spec.seed,
-                 CONFIG_ATTR: cfg.model_dump_json(), HASH_ATTR: spec.config_hash, DATA_ATTR: data_json(study)}.items():  # fmt: skip
+                 CONFIG_ATTR: cfg.model_dump_json(), HASH_ATTR: spec.config_hash, DATA_ATTR: data_json(study),
+                 PROTOCOL_ATTR: protocol_json(study)}.items():  # fmt: skip
         trial.set_user_attr(k, v)
     return spec
+
+
+def _execution_source(study: Study, variant: str) -> MethodConfig:
+    """This file's configuration whose execution settings a job it does not list (a
+    confirmation job) runs with: its variant's, or the searched variant's."""
+    return variant_config(study, variant if variant in study.variants else search_variant(study))
 
 
 class TrialLifecycle:
@@ -235,7 +260,7 @@ class TrialLifecycle:
         tags = {"bench.variant": spec.variant, "bench.seed": spec.seed, "bench.trial": trial.number,
                 "bench.job_key": spec.key, "bench.config_hash": spec.config_hash, "bench.device": spec.cfg.train.device,
                 "bench.optuna_study": ctx.study.name, "bench.world_size": distributed()[2],
-                **{f"bench.grid.{k}": v for k, v in spec.grid.items()}}  # fmt: skip
+                **{f"bench.grid.{k}": v for k, v in spec.grid.items()}, **confirm_tags(trial.user_attrs)}  # fmt: skip
         try:
             self.run_id = ctx.tracker.start_trial(ctx.parent_run_id, spec.key.replace("|", " "), tags, params)
         except BaseException as e:
@@ -291,59 +316,100 @@ class TrialLifecycle:
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     """Run a claimed (RUNNING) trial to its end; return its final state. Never raises for a
     failing trial (it is marked FAIL in Optuna and FAILED in MLflow); re-raises interrupts and
-    a failing MLflow store (:class:`TrackingStoreError`)."""
+    a failing MLflow store (:class:`TrackingStoreError`).
+
+    A search trial trains its configuration once per ``search.seeds`` seed on the search splits
+    (objective and pruning monitor on the tune images where ``search.tune`` is set; its metrics
+    then prefixed ``tune_``); the objective is the mean over the seeds, each seed's value is
+    logged too. Pruning reads the first seed's epochs. Other trials train once."""
     t_start = time.perf_counter()
     spec = trial_spec(ctx, trial)
-    cfg, study, tracker = spec.cfg, ctx.study, ctx.tracker
-    ckpt, label_root = job_paths(ctx.workdir, spec.key)
-    label_root = label_root if cfg.segment.enabled else None
-    label, epochs = f"{spec.key} (trial {trial.number})", cfg.train.epochs
+    study, stage = ctx.study, stage_of(spec.key)
+    tctx = ctx.for_stage(stage)
+    seeds = study.search.seeds if stage == "search" else [spec.cfg.train.seed]
+    prefix = "tune_" if stage == "search" and tctx.protocol is not None else ""
+    objective = study.search.metric if study.search else "pseudo_miou"
+    paths = []
     with TrialLifecycle(ctx, trial, spec) as life:
-        run_id = life.run_id
-        state, discarded = usable_checkpoint(ckpt, spec.config_hash)
-        if discarded:
-            tracker.set_tags(run_id, {"bench.checkpoint_discarded": discarded})
-        if state is not None:  # a dead worker's progress: log what it had, then go on from there
-            for step, row in enumerate(state["history"].tolist()):
-                tracker.log_metrics(run_id, dict(zip(state["history_keys"], row)), step=step)
-            tracker.set_tags(run_id, {"bench.resumed_from_epoch": len(state["history"])})
-        pruning = study.search is not None and study.search.pruner != "none"
-
-        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-            tracker.log_metrics(run_id, metrics, step=epoch)
-            trial.set_user_attr("epoch", epoch + 1)
-            if ctx.on_progress:
-                ctx.on_progress(label, epoch + 1, epochs)
-            value = metrics["monitor_pseudo_miou"]
-            if value == value:
-                trial.report(value, epoch)
-            if pruning and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (monitor mIoU {value:.4f})")
-
-        if ctx.on_progress:
-            ctx.on_progress(label, 0, epochs)
-        meta = {HASH_ATTR: spec.config_hash, "job_key": spec.key, CONFIG_ATTR: cfg.model_dump_json()}
-        t0 = time.perf_counter()
-        result = train_stage1(cfg, ctx.splits, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=False,
-                              checkpoint_meta=meta)  # fmt: skip
-        t1 = time.perf_counter()
-        pseudo = make_pseudo_labels(
-            result.model, ctx.splits.pseudo, cfg.pseudo, result.device, out_dir=label_root,
-            keep_examples=N_EXAMPLES, progress=False,
-        )  # fmt: skip
-        metrics, table = final_metrics(pseudo.conf, pseudo.conf_crf, ctx.splits.class_names)
-        metrics.update(train_seconds=t1 - t0, pseudo_seconds=pseudo.seconds)
-        if cfg.segment.enabled:
-            metrics.update(run_stage2(ctx, cfg, run_id, label_root, result))
+        if stage == "search":
+            ctx.tracker.set_tags(life.run_id, {"bench.search_seeds": ",".join(map(str, seeds))})
+        per_seed, first = {}, None
+        for i, seed in enumerate(seeds):
+            cfg = spec.cfg.model_copy(deep=True)
+            cfg.train.seed = seed
+            key = spec.key if i == 0 else f"{spec.key}|seed={seed}"
+            paths.append(job_paths(ctx.workdir, key))
+            suffix = "" if i == 0 else f"_seed{seed}"  # per-epoch metrics: the first seed's plain
+            metrics, table, pseudo = train_and_score(tctx, trial, life.run_id, cfg, key, paths[-1], suffix,
+                                                     monitor=i == 0 and stage != "confirm", prune=stage == "search")  # fmt: skip
+            per_seed[seed] = metrics
+            first = first or (cfg, table, pseudo)
+        metrics = seed_values(per_seed, objective, prefix)
         metrics["trial_seconds"] = time.perf_counter() - t_start
-        tracker.log_metrics(run_id, metrics, step=epochs)
-        write_artifacts(tracker, run_id, cfg, study, pseudo, table, list(ctx.splits.class_names))
-        objective = study.search.metric if study.search else "pseudo_miou"
-        life.value = metrics.get(objective)
+        ctx.tracker.log_metrics(life.run_id, metrics, step=spec.cfg.train.epochs)
+        write_artifacts(ctx.tracker, life.run_id, first[0], study, first[2], first[1], list(tctx.splits.class_names))
+        life.value = metrics.get(prefix + objective)
         if life.value is None or life.value != life.value:
-            raise ValueError(f"objective metric {objective!r} is missing or NaN; have: {', '.join(sorted(metrics))}")
+            raise ValueError(f"objective metric {objective!r} is missing or NaN; have: {', '.join(sorted(per_seed[seeds[0]]))}")
     if life.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        ckpt.unlink(missing_ok=True)
-        if label_root is not None:
+        for ckpt, label_root in paths:
+            ckpt.unlink(missing_ok=True)
             shutil.rmtree(label_root, ignore_errors=True)
     return life.state
+
+
+def train_and_score(
+    ctx: TrialContext, trial: optuna.Trial, run_id: str, cfg: MethodConfig, key: str, paths: tuple[Path, Path],
+    suffix: str, monitor: bool, prune: bool,
+) -> tuple[dict[str, float], pd.DataFrame, Any]:  # fmt: skip
+    """Stage 1 (resumed from ``key``'s checkpoint where one fits), pseudo labels of
+    ``ctx.splits.pseudo`` and stage 2 where enabled, for one configuration and seed. Per-epoch
+    metrics are logged with ``suffix`` on their names; with ``monitor`` the held-out mIoU feeds
+    ``trial.report`` (and, with ``prune``, the pruner: a search trial's first seed; a confirmation
+    run reports nothing). Returns (final metrics, per-class table, pseudo labels)."""
+    tracker, study = ctx.tracker, ctx.study
+    ckpt, label_root = paths
+    label_root = label_root if cfg.segment.enabled else None
+    label, epochs, chash = f"{key} (trial {trial.number})", cfg.train.epochs, config_hash(cfg)
+    pruning = monitor and prune and study.search is not None and study.search.pruner != "none"
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        tracker.log_metrics(run_id, {f"{k}{suffix}": v for k, v in metrics.items()}, step=step)
+
+    state, discarded = usable_checkpoint(ckpt, chash)
+    if discarded:
+        tracker.set_tags(run_id, {f"bench.checkpoint_discarded{suffix}": discarded})
+    if state is not None:  # a dead worker's progress: log what it had, then go on from there
+        for step, row in enumerate(state["history"].tolist()):
+            log(dict(zip(state["history_keys"], row)), step)
+        tracker.set_tags(run_id, {f"bench.resumed_from_epoch{suffix}": len(state["history"])})
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        log(metrics, epoch)
+        trial.set_user_attr("epoch", epoch + 1)
+        if ctx.on_progress:
+            ctx.on_progress(label, epoch + 1, epochs)
+        value = metrics["monitor_pseudo_miou"]
+        if monitor and value == value:
+            trial.report(value, epoch)
+        if pruning and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} (monitor mIoU {value:.4f})")
+
+    if ctx.on_progress:
+        ctx.on_progress(label, 0, epochs)
+    meta = {HASH_ATTR: chash, "job_key": key, CONFIG_ATTR: cfg.model_dump_json()}
+    if ctx.before_stage1:
+        ctx.before_stage1(cfg, ckpt)
+    t0 = time.perf_counter()
+    result = train_stage1(cfg, ctx.splits, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=False,
+                          checkpoint_meta=meta)  # fmt: skip
+    t1 = time.perf_counter()
+    pseudo = make_pseudo_labels(
+        result.model, ctx.splits.pseudo, cfg.pseudo, result.device, out_dir=label_root,
+        keep_examples=N_EXAMPLES, progress=False,
+    )  # fmt: skip
+    metrics, table = final_metrics(pseudo.conf, pseudo.conf_crf, ctx.splits.class_names)
+    metrics.update(train_seconds=t1 - t0, pseudo_seconds=pseudo.seconds)
+    if cfg.segment.enabled:
+        metrics.update(run_stage2(ctx, cfg, run_id, label_root, result))
+    return metrics, table, pseudo

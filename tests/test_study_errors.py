@@ -78,7 +78,10 @@ def test_shipped_studies_are_valid():
         study = load_study(path)
         counts[study.name] = len(study_jobs(study)) or study.search.n_trials
     assert counts["quickstart"] == 12 and counts["smoke"] == 2
-    assert counts["ablation_k"] == 18 and counts["ablation_pce"] == 30 and counts["search"] == 30
+    assert counts["ablation_k"] == 18 and counts["ablation_pce"] == 30 and counts["search"] == 12
+    from bench.search_protocol import confirm_total
+
+    assert confirm_total(load_study(SMOKE.parent / "search.yaml")) == 6  # best config + vit-pcm x 3 seeds
     assert counts["voc2012"] == 4 and counts["coco2014"] == 4
 
 

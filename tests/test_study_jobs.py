@@ -69,7 +69,10 @@ def test_paired_difference_and_t_test_on_hand_numbers():
     assert t == pytest.approx(3.2205, abs=1e-3)
     assert c.p == pytest.approx(2 * stats.t.sf(t, df=3))
     assert c.p == pytest.approx(stats.ttest_rel(new, base).pvalue) and 0.04 < c.p < 0.05
-    assert c.ci_low <= c.diff <= c.ci_high and 0.01 <= c.ci_low and c.ci_high <= 0.05
+    # 4 pairs: the paired t-interval, mean -+ t(.975, 3) * sd / 2, t(.975, 3) = 3.1824 (tables); p < .05: 0 is out
+    half = 3.182446305284263 * d.std(ddof=1) / 2
+    assert c.ci_kind == "t" and (c.ci_low, c.ci_high) == (pytest.approx(0.0275 - half), pytest.approx(0.0275 + half))
+    assert 0 < c.ci_low < c.diff < c.ci_high
 
 
 def test_paired_uses_shared_seeds_only_and_needs_two_for_a_p_value():
@@ -77,7 +80,9 @@ def test_paired_uses_shared_seeds_only_and_needs_two_for_a_p_value():
 
     df = runs({"vit-pcm": [0.5, 0.6, 0.7], "tkp": [0.6, 0.65]})  # seed 2 of tkp is missing
     c = paired(df, "tkp", "vit-pcm", "pseudo_miou")
-    assert c.n == 2 and c.diff == pytest.approx(0.075) and np.isnan(c.ci_low)  # bootstrap needs 3
+    assert c.n == 2 and c.diff == pytest.approx(0.075) and c.ci_kind == "t"
+    half = 12.706204736174698 * np.std([0.1, 0.05], ddof=1) / np.sqrt(2)  # t(.975, 1) = 12.706 (tables)
+    assert (c.ci_low, c.ci_high) == (pytest.approx(0.075 - half), pytest.approx(0.075 + half))
     assert c.p == pytest.approx(stats.ttest_rel([0.6, 0.65], [0.5, 0.6]).pvalue)
     one = paired(runs({"vit-pcm": [0.5], "tkp": [0.7]}), "tkp", "vit-pcm", "pseudo_miou")
     assert one.n == 1 and one.diff == pytest.approx(0.2) and np.isnan(one.p)

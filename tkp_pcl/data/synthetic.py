@@ -44,7 +44,7 @@ _MARKER_COLOUR = {
     5: (40, 215, 215),
     6: (245, 135, 20),
 }
-_STREAMS = {"train": 0, "val": 1}
+_STREAMS = {"train": 0, "val": 1, "tune": 2}  # tune: held-out images for choosing hyper-parameters
 
 
 def _body_of(cls: int) -> str:
@@ -142,7 +142,7 @@ def synthetic_split(
     max_size: float = 44.0,
     noise: float = 8.0,
 ) -> Split:
-    """A split of ``n_images`` scenes from stream ``train`` or ``val`` (disjoint draws)."""
+    """A split of ``n_images`` scenes from stream ``train``, ``val`` or ``tune`` (disjoint draws)."""
     if stream not in _STREAMS:
         raise ValueError(f"unknown synthetic stream {stream!r}; valid: {', '.join(_STREAMS)}")
     images = np.empty((n_images, size, size, 3), np.uint8)
