@@ -51,6 +51,24 @@ def maps_to_labels(maps: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]
     return up, up.argmax(0)
 
 
+def label_batch(maps: Tensor, masks: list[np.ndarray], num_classes: int) -> tuple[list[Tensor], list[np.ndarray], np.ndarray]:
+    """Class maps (B, C, h, w) -> per image the upsampled probabilities (C, H, W) and the argmax
+    label (H, W) uint8 at its mask's size, and the batch's confusion matrix (C, C) against the
+    masks. Same-size masks take one upsampling and one bincount for the whole batch."""
+    if len({m.shape for m in masks}) == 1:
+        up = F.interpolate(maps, size=masks[0].shape, mode="bilinear", align_corners=False)
+        preds = up.argmax(1).numpy().astype(np.uint8)
+        return list(up), list(preds), confusion_matrix(preds, np.stack(masks), num_classes)
+    probs_all, preds = [], []
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    for j, mask in enumerate(masks):
+        probs, pred = maps_to_labels(maps[j], mask.shape)
+        probs_all.append(probs)
+        preds.append(pred.numpy().astype(np.uint8))
+        conf += confusion_matrix(preds[-1], mask, num_classes)
+    return probs_all, preds, conf
+
+
 def _crf_job(image: np.ndarray, probs: np.ndarray, classes: np.ndarray, params) -> np.ndarray:
     return crf_refine(image, probs, classes, params)
 
@@ -126,18 +144,8 @@ def make_pseudo_labels(
             labels = torch.from_numpy(all_labels[list(idx)]).to(device)
             maps = predict_class_maps(model, batch, labels).float().cpu()
             masks = [split.load_mask(i) for i in idx]
-            if len({m.shape for m in masks}) == 1:  # one upsampling and one bincount per batch
-                up = F.interpolate(maps, size=masks[0].shape, mode="bilinear", align_corners=False)
-                preds = up.argmax(1).numpy().astype(np.uint8)
-                conf += confusion_matrix(preds, np.stack(masks), c)
-                probs_all = up
-            else:
-                probs_all, preds = [], []
-                for j, mask in enumerate(masks):
-                    probs, pred = maps_to_labels(maps[j], mask.shape)
-                    probs_all.append(probs)
-                    preds.append(pred.numpy().astype(np.uint8))
-                    conf += confusion_matrix(preds[-1], mask, c)
+            probs_all, preds, batch_conf = label_batch(maps, masks, c)
+            conf += batch_conf
             for j, i in enumerate(idx):
                 mask, pred = masks[j], preds[j]
                 if "pseudo" in dirs:
