@@ -383,8 +383,10 @@ def _quiet_libraries(args) -> None:
 
     import optuna
 
+    from bench.tracking import quiet_mlflow_logs
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    quiet_mlflow_logs()
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if getattr(args, "threads", None):
         import torch

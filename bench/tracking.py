@@ -45,6 +45,43 @@ class TrackingStoreError(RuntimeError):
         return f"MLflow store {self.uri} failed{during}: {self.detail}"
 
 
+class _OneLineRecords:
+    """A logging filter that folds a record to its first line and drops its traceback."""
+
+    def filter(self, record) -> bool:
+        record.msg = (record.getMessage().strip().splitlines() or [""])[0]
+        record.args, record.exc_info, record.exc_text, record.stack_info = None, None, None, None
+        return True
+
+
+def quiet_mlflow_logs() -> None:
+    """MLflow's loggers print at most one line a record, and its store's error log not at all.
+
+    MLflow's SQL store logs every database error with its traceback (``mlflow.store.db.utils``)
+    and then raises it; the harness reports that exception once, as one line naming the store
+    and the trial (:class:`TrackingStoreError`), so the log would only repeat it as a traceback.
+    Called after MLflow is imported (it installs its own handlers then)."""
+    import logging
+
+    import mlflow  # noqa: F401  (configures MLflow's handlers, which are filtered below)
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    for name in ("mlflow", "alembic", "sqlalchemy.engine"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _OneLineRecords) for f in handler.filters):
+                handler.addFilter(_OneLineRecords())
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of ``e``'s chain (SQLAlchemy and MLflow wrap the database's own)."""
+    seen = {id(e)}
+    while (inner := e.__cause__ or e.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        e = inner
+    return e
+
+
 def _store_call(method):
     """Turn any failure of the MLflow store inside a Tracker method into one TrackingStoreError."""
 
@@ -55,8 +92,9 @@ def _store_call(method):
         except TrackingStoreError:
             raise
         except Exception as e:
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise TrackingStoreError(self.uri, f"{type(e).__name__}: {first}") from e
+            cause = _root_cause(e)
+            first = (str(cause).strip().splitlines() or [""])[0][:200]
+            raise TrackingStoreError(self.uri, f"{type(cause).__name__}: {first}") from e
 
     return wrapper
 

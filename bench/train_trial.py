@@ -49,8 +49,10 @@ def rank_zero(args) -> int:
     from . import runner
     from .cli import _load
     from .storage import heartbeat
+    from .tracking import quiet_mlflow_logs
     from .trial import TrialContext, run_trial
 
+    quiet_mlflow_logs()
     study, storage_url, tracking_uri = _load(args)
     h = runner.open_study(study, storage_url, tracking_uri, create=True)
     runner.check(h, args.study)

@@ -146,6 +146,31 @@ def test_a_failing_store_is_one_tracking_store_error(tmp_path):
         Tracker(f"sqlite:///{bad}", "s").open()
     e.value.trial = 3
     assert str(e.value).startswith(f"MLflow store sqlite:///{bad} failed during trial 3: ") and "\n" not in str(e.value)
+    assert str(e.value).endswith("DatabaseError: file is not a database")  # the database's own words, not a wrapper's
+
+
+QUIET_SCRIPT = """
+import logging, sqlite3
+from bench.tracking import quiet_mlflow_logs
+quiet_mlflow_logs()
+try:
+    raise sqlite3.OperationalError("attempt to write a readonly database")
+except sqlite3.OperationalError:
+    logging.getLogger("mlflow.store.db.utils").exception("SQLAlchemy database error.\\n[SQL: INSERT INTO metrics]")
+    logging.getLogger("mlflow.tracking.client").warning("first line\\nsecond line", exc_info=True)
+"""
+
+
+def test_mlflow_logs_no_traceback_and_not_the_store_error_the_harness_reports():
+    """MLflow's SQL store logs a database error with its traceback before raising it (seen in CI
+    when the store became read-only mid-trial); the harness reports the raised error as one line."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", QUIET_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("WARNING mlflow.tracking.client: first line"), r.stderr
 
 
 @pytest.mark.slow
