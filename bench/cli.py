@@ -140,15 +140,7 @@ def cmd_run(args) -> int:
     console = Console(stderr=True)
     if args.dry_run:
         return dry_run(study, storage_url)
-    from tkp_pcl.data import load_splits
-
-    from .search_protocol import protocol_splits
-    from .study import StudyError
-
-    try:  # a missing data set, or tune images among the reported ones: an error before anything is written
-        protocol = protocol_splits(study, load_splits(study.data))
-    except StudyError as e:
-        raise StudyError(f"{args.study}: {e}") from None
+    protocol = _check_data(study, args.study)  # before anything is written
     _check_weights(study)  # so is a model.pretrained_file that is missing or does not fit
     h = runner.open_study(study, storage_url, tracking_uri, create=True)
     runner.check(h, args.study)  # a file that disagrees with the stored trials: refused, nothing written
@@ -171,6 +163,21 @@ def cmd_run(args) -> int:
         return _summary(h, console)
     except TrackingStoreError as e:
         return _store_failed(e)
+
+
+def _check_data(study, path: str):
+    """Load the study's data and build its tune / report splits (None without ``search.tune``):
+    a missing data set, or tune images among the reported ones, is a :class:`StudyError` naming
+    ``path``, raised before anything is written or claimed."""
+    from tkp_pcl.data import load_splits
+
+    from .search_protocol import protocol_splits
+    from .study import StudyError
+
+    try:
+        return protocol_splits(study, load_splits(study.data))
+    except StudyError as e:
+        raise StudyError(f"{path}: {e}") from None
 
 
 def _log_split_ids(tracker, parent_run_id: str, protocol) -> None:
@@ -264,6 +271,7 @@ def cmd_worker(args) -> int:
     from .tracking import TrackingStoreError
 
     study, storage_url, tracking_uri = _load(args)
+    _check_data(study, args.study)  # this machine's copy of the data: checked before a trial is claimed
     _check_weights(study)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

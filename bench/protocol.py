@@ -70,6 +70,11 @@ class Params:
     def flag(self, key: str) -> bool:
         return self.get(key) == "True"
 
+    def tag(self, key: str) -> str | None:
+        """The run's tag ``key`` (None where it has none)."""
+        v = self.row.get(f"tags.{key}")
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
 
 def _g(x: float | None) -> str:
     return "none" if x is None else f"{x:g}"
@@ -189,8 +194,16 @@ def batch_size(p: Params) -> Cell:
 SPLITS = {"voc": ("train_aug", "train", "val"), "coco": ("train2014", "val2014", "val2014")}
 
 
+#: the roles of a trial's splits, as its ``bench.split.<role>`` tags name them (bench.trial.split_tags)
+SPLIT_ROLES = ("train", "pseudo", "val")
+
+
 def _split(p: Params, key: str, which: int) -> Cell:
     kind = p.get("data.kind")
+    used, n = p.tag(f"bench.split.{SPLIT_ROLES[which]}"), p.tag(f"bench.split.{SPLIT_ROLES[which]}_images")
+    if used is not None:  # what the trial itself says it read (a search's tune split, its report part, ...)
+        published = f"{kind}-{SPLITS[kind][which]}" if kind in SPLITS else None
+        return Cell(f"{used} ({int(n):,} images)" if n else used, used != published or p.opt("data.max_images") not in (None, NOT_RECORDED))
     if kind == "synthetic":
         stream = "val" if which == 2 else "train"  # pseudo labels are made on the train scenes
         return Cell(f"synthetic {stream} scenes ({p.get(f'data.n_{stream}')} images)", True)

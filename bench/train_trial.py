@@ -46,27 +46,49 @@ def _broadcast(obj):
 
 
 def rank_zero(args) -> int:
-    from . import runner
-    from .cli import _load
-    from .storage import heartbeat
-    from .tracking import quiet_mlflow_logs
-    from .trial import TrialContext, run_trial
+    """Rank 0: the study, its trials, tracking; on any error (a refused study file, data that
+    does not load, a failing store) the other ranks are told to stop, then the error is
+    reported in one line as `bench` reports it."""
+    from .cli import _input_error_types
+    from .tracking import TrackingStoreError, quiet_mlflow_logs
 
     quiet_mlflow_logs()
+    told = [False]
+
+    def stop_others() -> None:
+        if not told[0]:
+            told[0] = True
+            _broadcast(None)
+
+    try:
+        return _run_rank_zero(args, stop_others)
+    except (*_input_error_types(), TrackingStoreError) as e:
+        stop_others()
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 1 if isinstance(e, TrackingStoreError) else 2
+    except BaseException:
+        stop_others()
+        raise
+
+
+def _run_rank_zero(args, stop_others) -> int:
+    from . import runner
+    from .cli import _check_data, _load
+    from .storage import heartbeat
+    from .trial import TrialContext, run_trial
+
     study, storage_url, tracking_uri = _load(args)
+    _check_data(study, args.study)
     h = runner.open_study(study, storage_url, tracking_uri, create=True)
     runner.check(h, args.study)
     ctx = TrialContext(study, h.optuna_study, h.tracker, h.tracker.open(), h.workdir,
                        before_stage1=lambda cfg, ckpt: _broadcast((cfg.model_dump(mode="json"), str(ckpt))))  # fmt: skip
     runner.prepare(h, args.study)
     failed = 0
-    while True:
-        trial = runner.next_trial(h)
-        if trial is None:
-            _broadcast(None)
-            break
+    while (trial := runner.next_trial(h)) is not None:
         with heartbeat(h.storage, h.optuna_study, trial):
             failed += run_trial(ctx, trial).name == "FAIL"
+    stop_others()
     runner.finish_parent(h)
     return 1 if failed else 0
 

@@ -313,6 +313,18 @@ class TrialLifecycle:
         return False
 
 
+def split_tags(splits: Splits) -> dict[str, Any]:
+    """``bench.split.<role>`` (the split's name) and ``bench.split.<role>_images`` for the
+    splits a trial really reads: stage-1 training, pseudo labels scored, held-out / segmentation
+    scored, stage-2 training (a search trial's tune split and a confirmation's report part
+    included), so a report never has to infer them from the configuration."""
+    roles = {"train": splits.train, "pseudo": splits.pseudo, "val": splits.val, "seg_train": splits.seg_train}
+    tags: dict[str, Any] = {}
+    for role, split in roles.items():
+        tags.update({f"bench.split.{role}": split.name, f"bench.split.{role}_images": len(split)})
+    return tags
+
+
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     """Run a claimed (RUNNING) trial to its end; return its final state. Never raises for a
     failing trial (it is marked FAIL in Optuna and FAILED in MLflow); re-raises interrupts and
@@ -331,6 +343,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     objective = study.search.metric if study.search else "pseudo_miou"
     paths = []
     with TrialLifecycle(ctx, trial, spec) as life:
+        ctx.tracker.set_tags(life.run_id, split_tags(tctx.splits))
         if stage == "search":
             ctx.tracker.set_tags(life.run_id, {"bench.search_seeds": ",".join(map(str, seeds))})
         per_seed, first = {}, None

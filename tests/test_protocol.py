@@ -87,3 +87,19 @@ def test_a_cpu_study_of_today_marks_what_differs_and_what_was_not_recorded():
     assert "not recorded by these runs" in s
     tex = render_latex(Table(card, "Protocol", name="protocol"), "tab:p")
     assert r"\toprule" in tex and r"vit\_tiny\_patch16\_224" in tex and "n/a (not recorded)" in tex
+
+
+def test_the_splits_a_trial_says_it_read_win_over_its_configuration():
+    """A search with a tune split carved out of VOC train: its runs' ``bench.split.*`` tags say a
+    search trial scored the tune part and a confirmation the report part, not "voc train"."""
+    def tagged(variant, pseudo, n):
+        return {**run(variant), "tags.bench.split.train": "voc-train_aug", "tags.bench.split.train_images": "10582",
+                "tags.bench.split.pseudo": pseudo, "tags.bench.split.pseudo_images": n}  # fmt: skip
+
+    card = protocol_card(pd.DataFrame([tagged("vit-pcm", "voc-train", "1464"), tagged("tkp-pcl", "voc-train (report)", "1264"),
+                                       tagged("tkp-pcl", "voc-train (tune)", "200")]))  # fmt: skip
+    assert card.loc["split trained on", STUDY] == "voc-train_aug (10,582 images)" and card.loc["split trained on", MARK] == ""
+    assert card.loc["split scored (pseudo labels)", STUDY] == (
+        "vit-pcm: voc-train (1,464 images); tkp-pcl: voc-train (report) (1,264 images) / voc-train (tune) (200 images)")
+    assert card.loc["split scored (pseudo labels)", MARK] == "differs: tkp-pcl"
+    assert card.loc["split scored (segmentation)", STUDY] == "voc val"  # no tag: from the configuration

@@ -46,6 +46,10 @@ def test_search_with_confirmation_end_to_end(tmp_path, monkeypatch, capsys):
     assert len(confirm) == 4 and sorted(top["tags.bench.seed"]) == ["0", "1"] and sorted(base["tags.bench.seed"]) == ["0", "1"]
     assert set(top["tags.bench.confirm_of"]) == {best} and base["tags.bench.confirm_of"].isna().all()
     assert confirm["metrics.pseudo_miou"].notna().all() and (confirm["status"] == "FINISHED").all()
+    # each run names the splits it read: a search trial scores the tune stream, a confirmation the report one
+    assert set(search["tags.bench.split.pseudo"]) == {"synthetic-tune"} and set(search["tags.bench.split.pseudo_images"]) == {"16"}
+    assert set(confirm["tags.bench.split.pseudo"]) == {"synthetic-train"} and set(confirm["tags.bench.split.pseudo_images"]) == {"96"}
+    assert set(trials["tags.bench.split.train"]) == {"synthetic-train+tune"}
     k_best = search.loc[search["tags.bench.trial"] == best, "params.pooling.k_ratio"].iloc[0]
     assert set(top["params.pooling.k_ratio"]) == {k_best}
     # the report: both sections; the main table holds the confirmation runs only
