@@ -84,6 +84,24 @@ class PseudoResult:
     examples: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
+def _label_dirs(out_dir: str | Path | None, use_crf: bool) -> dict[str, Path]:
+    """``out_dir/pseudo`` (and ``out_dir/pseudo_crf`` with the CRF), created; none without ``out_dir``."""
+    if out_dir is None:
+        return {}
+    dirs = {name: Path(out_dir) / name for name in (("pseudo", "pseudo_crf") if use_crf else ("pseudo",))}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def _crf_pool(workers: int) -> ProcessPoolExecutor | None:
+    """A pool of ``workers`` CRF processes (fork where available); None for one worker (in process)."""
+    if workers <= 1:
+        return None
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=ctx)
+
+
 def make_pseudo_labels(
     model: PatchClassifier,
     split: Split,
@@ -112,18 +130,11 @@ def make_pseudo_labels(
     c = split.num_classes
     conf = np.zeros((c, c), np.int64)
     conf_crf = np.zeros((c, c), np.int64) if use_crf else None
-    dirs = {}
-    if out_dir is not None:
-        for name in ("pseudo", "pseudo_crf") if use_crf else ("pseudo",):
-            dirs[name] = Path(out_dir) / name
-            dirs[name].mkdir(parents=True, exist_ok=True)
+    dirs = _label_dirs(out_dir, use_crf)
     examples: list[dict[str, np.ndarray]] = []
     all_labels = split.all_labels()
     model.eval()
-    pool = None
-    if use_crf and cfg.workers > 1:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx)
+    pool = _crf_pool(cfg.workers) if use_crf else None
     pending: deque[tuple[int, np.ndarray, Future | np.ndarray]] = deque()
     bar = tqdm(total=len(split), desc=f"pseudo labels {split.name}", disable=not progress, leave=False)
 

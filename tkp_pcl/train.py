@@ -176,6 +176,26 @@ def _rank0_decides(stop: bool, epoch: int) -> None:
         raise StoppedByRankZero(f"rank 0 stopped training after epoch {epoch}")
 
 
+def _train_device(name: str) -> torch.device:
+    """``train.device`` resolved; under DDP on CUDA, this rank's GPU (``LOCAL_RANK``)."""
+    device = resolve_device(name)
+    if distributed()[0] and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _restore(state: dict | None, model: PatchClassifier, gen: torch.Generator) -> list[dict[str, float]]:
+    """Load a checkpoint's weights and RNG states into ``model`` / ``gen``; return its per-epoch
+    history (empty without a checkpoint). Optimizer and scheduler are restored by the caller."""
+    if state is None:
+        return []
+    model.load_state_dict(state["model"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+
+
 def train_stage1(
     cfg: MethodConfig,
     splits: Splits,
@@ -206,11 +226,7 @@ def train_stage1(
     tc = cfg.train
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    is_dist, rank, _ = distributed()
-    device = resolve_device(tc.device)
-    if is_dist and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
+    rank, device = distributed()[1], _train_device(tc.device)
     gen = seed_everything(tc.seed)
     model = (model or PatchClassifier(cfg.model, splits.train.num_classes)).to(device)
     data = ImageLabelDataset(splits.train, cfg.model.img_size)
@@ -218,14 +234,9 @@ def train_stage1(
     use_amp, amp_dtype, scaler = amp_setup(tc.amp, device)
     monitor = splits.val.subset(range(min(tc.monitor_images, len(splits.val))))
 
-    history: list[dict[str, float]] = []
     resume = checkpoint_path is not None and Path(checkpoint_path).is_file()
     state = load_checkpoint(checkpoint_path) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+    history = _restore(state, model, gen)
     start_epoch = len(history)
     phase = phase_of(start_epoch, tc)
     net, opt, sched = _enter_phase(model, phase, tc, len(loader), device)
@@ -245,11 +256,8 @@ def train_stage1(
         sums, n_img = _train_epoch(net, model, loader, opt, sched, scaler, cfg, epoch, gen, device, amp)
         train_time = time.perf_counter() - t0
         metrics = dict(zip(LOSS_TERMS, (sums / max(n_img, 1)).tolist()))
-        metrics.update({
-            "lr": sched.get_last_lr()[0], "epoch_seconds": train_time,
-            "images_per_second": n_img / max(train_time, 1e-9),
-            "monitor_pseudo_miou": monitor_miou(model, monitor, cfg, device) if rank == 0 else float("nan"),
-        })  # fmt: skip
+        metrics.update(lr=sched.get_last_lr()[0], epoch_seconds=train_time, images_per_second=n_img / max(train_time, 1e-9),
+                       monitor_pseudo_miou=monitor_miou(model, monitor, cfg, device) if rank == 0 else float("nan"))  # fmt: skip
         history.append(metrics)
         if rank > 0:  # rank 0 decides whether training goes on
             _rank0_decides(False, epoch)
