@@ -28,6 +28,13 @@ from .yaml_file import YamlFileError, read_yaml
 DATA_KINDS = ("synthetic", "voc", "coco")
 
 
+def _unique_seeds(v: list[int] | None) -> list[int] | None:
+    """The field validator of every ``seeds`` list (the study's, ``search.seeds``, ``confirm.seeds``)."""
+    if v is not None and len(set(v)) != len(v):
+        raise ValueError("seeds must be unique")
+    return v
+
+
 class StudyError(ValueError):
     """A study file is unreadable or invalid; the message is one line naming the YAML path."""
 
@@ -95,14 +102,8 @@ class ConfirmConfig(_Strict):
 
     top_n: int = Field(1, ge=1)
     seeds: list[int] = Field(min_length=2)
+    _seeds_unique = field_validator("seeds")(_unique_seeds)
     baseline: str
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError("seeds must be unique")
-        return v
 
 
 def _check_protocol(study: "Study") -> None:
@@ -151,13 +152,7 @@ class SearchConfig(_Strict):
     # every sampled configuration, objective = their mean (default: ``[seed]``)
     tune: TuneConfig | None = None
     seeds: list[int] | None = Field(None, min_length=1)
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique_seeds(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError("seeds must be unique")
-        return v
+    _seeds_unique = field_validator("seeds")(_unique_seeds)
 
     @model_validator(mode="after")
     def _default_seeds(self) -> "SearchConfig":
@@ -194,6 +189,7 @@ class Study(_Strict):
     base: dict[str, Any] = Field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    _seeds_unique = field_validator("seeds")(_unique_seeds)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     search: SearchConfig | None = None
     confirm: ConfirmConfig | None = None
@@ -212,13 +208,6 @@ class Study(_Strict):
         for name in v:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
                 raise ValueError(f"variant name {name!r} must be letters, digits, '_', '-' or '.'")
-        return v
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique_seeds(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError("seeds must be unique")
         return v
 
 
