@@ -61,13 +61,22 @@ def crop_resize(x: Tensor, crops: Tensor, unit: int, size: int) -> Tensor:
     """Crop each image of ``x`` (B, *, H, W) to ``crops`` (B, 3) (in patches of ``unit`` px; side
     0 keeps the whole image) and resize it to (size, size) by bilinear interpolation
     (``align_corners=False``, no antialias: halving is then exactly a 2x2 mean, on pixels and on
-    patch maps alike). Returns (B, *, size, size) float."""
-    out = []
-    for img, (top, left, side) in zip(x.float(), crops.tolist()):
-        if side:
-            img = img[..., top * unit : (top + side) * unit, left * unit : (left + side) * unit]
-        out.append(F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False)[0])
-    return torch.stack(out)
+    patch maps alike). Returns (B, *, size, size) float. Two interpolations in all: one for the
+    uncropped images, one for the crops (all crops of a call have the same side)."""
+    x, rows = x.float(), crops.tolist()
+
+    def resize(batch: Tensor) -> Tensor:
+        return F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
+
+    out = x.new_empty((*x.shape[:-2], size, size))
+    whole = [i for i, (_, _, side) in enumerate(rows) if not side]
+    cut = [(i, t, l, s) for i, (t, l, s) in enumerate(rows) if s]
+    if whole:
+        out[whole] = resize(x[whole])
+    if cut:
+        parts = [x[i, ..., t * unit : (t + s) * unit, l * unit : (l + s) * unit] for i, t, l, s in cut]
+        out[[c[0] for c in cut]] = resize(torch.stack(parts))
+    return out
 
 
 def view2(x: Tensor, crops: Tensor, flips: Tensor, unit: int, size: int) -> Tensor:

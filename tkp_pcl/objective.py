@@ -61,15 +61,15 @@ def stage1_loss(
     else:
         x = images.float() / 255.0
         x1 = color_jitter(x, generator) if cfg.train.color_jitter else x
-        flips1 = draw_flips(b, generator)
+        flips1 = draw_flips(b, generator).to(images.device)  # drawn on the CPU generator, moved once
         view1 = apply_flips(x1, flips1)
         l_eq = None
         if lc.eq_weight > 0:
             x2 = color_jitter(x, generator) if cfg.train.color_jitter else x
             side = model.grid[0]
-            flips2 = draw_flips(b, generator)
+            flips2 = draw_flips(b, generator).to(images.device)
             crops = draw_crops(b, side, crop_patches(side), lc.eq_crop_prob, generator)
-            patch = images.shape[-1] // side
+            patch = model.patch[0]
             mosaics = mosaic(view2(x2, crops, flips2, unit=patch, size=images.shape[-1] // 2))
             was_training = model.training
             model.eval()

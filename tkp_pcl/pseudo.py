@@ -24,12 +24,14 @@ from .model import PatchClassifier
 from .palette import save_label_png
 
 
-def resize_image(image: np.ndarray, size: int) -> Tensor:
-    """(H, W, 3) uint8 -> (3, size, size) uint8 tensor (bilinear; identity at the same size)."""
+def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> Tensor:
+    """(H, W, 3) uint8 -> (3, h, w) uint8 tensor, (h, w) = ``size`` or (size, size) (bilinear;
+    identity at the same size)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
     t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)  # copies read-only arrays
-    if t.shape[1:] == (size, size):
+    if t.shape[1:] == size:
         return t
-    x = F.interpolate(t[None].float(), size=(size, size), mode="bilinear", align_corners=False)
+    x = F.interpolate(t[None].float(), size=size, mode="bilinear", align_corners=False)
     return x[0].round().clamp(0, 255).to(torch.uint8)
 
 

@@ -19,7 +19,9 @@ from .config import ModelConfig, SegmentConfig
 from .data.split import IGNORE_INDEX, Split
 from .metrics import confusion_matrix
 from .model import create_backbone
-from .train import amp_setup, lr_factor, resolve_device, seed_everything
+from .pseudo import resize_image
+from .runtime import amp_setup, resolve_device, seed_everything
+from .schedule import lr_factor
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -150,14 +152,10 @@ class PseudoLabelDataset(Dataset):
         return out_img, out_lab
 
 
-def resize_keep_aspect(image: Tensor, scale: float, multiple: int) -> Tensor:
-    """(1, 3, H, W) uint8 -> (1, 3, h, w) uint8 with h, w = H, W times ``scale`` rounded to a
-    multiple of ``multiple`` (aspect kept up to that rounding; identity when nothing changes)."""
-    h, w = (max(multiple, round(n * scale / multiple) * multiple) for n in image.shape[-2:])
-    if (h, w) == tuple(image.shape[-2:]):
-        return image
-    x = F.interpolate(image.float(), size=(h, w), mode="bilinear", align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8)
+def keep_aspect_size(hw: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:
+    """(H, W) times ``scale``, each rounded to a multiple of ``multiple`` (at least one)."""
+    h, w = (max(multiple, round(n * scale / multiple) * multiple) for n in hw)
+    return h, w
 
 
 @torch.no_grad()
@@ -166,10 +164,9 @@ def predict(model: Segmenter, image: np.ndarray, scales: list[float], flip: bool
     at each scale (1 = the image's own size) and, with ``flip``, mirrored, the softmax is
     resized back to H x W; the sum over scales and flips is returned."""
     h, w = image.shape[:2]
-    full = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None]
     total = None
     for sc in scales:
-        x = resize_keep_aspect(full, sc, model.multiple).to(device)
+        x = resize_image(image, keep_aspect_size((h, w), sc, model.multiple))[None].to(device)
         views = [x, x.flip(-1)] if flip else [x]
         for k, v in enumerate(views):
             p = model(v).float().softmax(1)

@@ -28,12 +28,11 @@ from .model import PatchClassifier
 from .objective import LOSS_TERMS, stage1_loss
 from .pseudo import make_pseudo_labels, resize_image
 from .runtime import amp_setup, distributed, resolve_device, seed_everything
-from .schedule import build_optimizer, build_scheduler, lr_factor, phase_of, set_trainable
+from .schedule import build_optimizer, build_scheduler, phase_of, set_trainable
 
 __all__ = [
-    "ImageLabelDataset", "NonFiniteLossError", "Stage1Result", "StoppedByRankZero", "amp_setup",
-    "distributed", "load_checkpoint", "lr_factor", "monitor_miou", "resolve_device",
-    "save_checkpoint", "seed_everything", "train_stage1",
+    "ImageLabelDataset", "NonFiniteLossError", "Stage1Result", "StoppedByRankZero", "load_checkpoint",
+    "monitor_miou", "save_checkpoint", "train_stage1",
 ]  # fmt: skip
 
 EpochCallback = Callable[[int, dict[str, float]], None]
