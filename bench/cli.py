@@ -140,14 +140,14 @@ def cmd_run(args) -> int:
     console = Console(stderr=True)
     if args.dry_run:
         return dry_run(study, storage_url)
-    protocol = _check_data(study, args.study)  # before anything is written
+    data = _check_data(study, args.study)  # before anything is written
     _check_weights(study)  # so is a model.pretrained_file that is missing or does not fit
-    h = runner.open_study(study, storage_url, tracking_uri, create=True)
+    h = runner.open_study(study, storage_url, tracking_uri, create=True, data=data)
     runner.check(h, args.study)  # a file that disagrees with the stored trials: refused, nothing written
     try:
         parent = h.tracker.open()
-        if protocol is not None:
-            _log_split_ids(h.tracker, parent, protocol)
+        if data[1] is not None:
+            _log_split_ids(h.tracker, parent, data[1])
         info = runner.prepare(h, args.study)
         console.print(
             f"study [bold]{study.name}[/]: {h.total} trials ({len(h.trials(states=runner.DONE_STATES))} done, "
@@ -166,16 +166,18 @@ def cmd_run(args) -> int:
 
 
 def _check_data(study, path: str):
-    """Load the study's data and build its tune / report splits (None without ``search.tune``):
-    a missing data set, or tune images among the reported ones, is a :class:`StudyError` naming
-    ``path``, raised before anything is written or claimed."""
+    """Load the study's data and build its tune / report splits (None without ``search.tune``);
+    returns both, for the process's trials to reuse. A missing data set, or tune images among
+    the reported ones, is a :class:`StudyError` naming ``path``, raised before anything is
+    written or claimed."""
     from tkp_pcl.data import load_splits
 
     from .search_protocol import protocol_splits
     from .study import StudyError
 
     try:
-        return protocol_splits(study, load_splits(study.data))
+        splits = load_splits(study.data)
+        return splits, protocol_splits(study, splits)
     except StudyError as e:
         raise StudyError(f"{path}: {e}") from None
 
@@ -271,11 +273,11 @@ def cmd_worker(args) -> int:
     from .tracking import TrackingStoreError
 
     study, storage_url, tracking_uri = _load(args)
-    _check_data(study, args.study)  # this machine's copy of the data: checked before a trial is claimed
+    data = _check_data(study, args.study)  # this machine's copy of the data: checked before a trial is claimed
     _check_weights(study)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        h = runner.open_study(study, storage_url, tracking_uri, create=False)
+        h = runner.open_study(study, storage_url, tracking_uri, create=False, data=data)
     except KeyError:
         return _err(f"study {study.name!r} does not exist in {storage_url}; start it with `bench run` first")
     runner.check(h, args.study)  # before claiming anything
@@ -352,10 +354,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from .study import load_study
     from .tracking import Tracker, resolve_tracking_uri
 
-    study = load_study(args.study) if args.study else None
+    study = _validate(args)  # read once, by main()
     uri = resolve_tracking_uri(args.tracking_uri, study.tracking.mlflow_uri if study else None)
     base = f"http://{args.host}:{args.port}"
     url = Tracker(uri, study.name).runs_url(base) if study else base
@@ -391,10 +392,7 @@ def _quiet_libraries(args) -> None:
 
     import optuna
 
-    from bench.tracking import quiet_mlflow_logs
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    quiet_mlflow_logs()
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if getattr(args, "threads", None):
         import torch

@@ -248,9 +248,9 @@ ELEMENTS: list[tuple[str, str, Callable[[Params], Cell]]] = [
 ]
 
 
-def _cell(fn: Callable[[Params], Cell], row: pd.Series) -> Cell | None:
+def _cell(fn: Callable[[Params], Cell], p: Params) -> Cell | None:
     try:
-        return fn(Params(row))
+        return fn(p)
     except _Missing:
         return None
 
@@ -269,11 +269,12 @@ def protocol_card(runs: pd.DataFrame) -> pd.DataFrame:
     lists its values joined by `` / ``)."""
     variants = _variants(runs)
     order = list(pd.unique(variants))
+    params = [Params(row) for _, row in runs.iterrows()]
     rows = []
     for element, published, fn in ELEMENTS:
         per: dict[str, list[Cell | None]] = {v: [] for v in order}
-        for (_, row), v in zip(runs.iterrows(), variants):
-            c = _cell(fn, row)
+        for p, v in zip(params, variants):
+            c = _cell(fn, p)
             if c is None or c not in per[v]:
                 per[v].append(c)
         texts = {v: " / ".join(c.text if c else NOT_RECORDED for c in cells) for v, cells in per.items()}

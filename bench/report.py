@@ -99,8 +99,8 @@ def _warn(msg: str) -> Alert:
     return Alert(msg)
 
 
-def _main_section(df, s, status, base, study_name: str, pdir: Path) -> list[Block]:
-    blocks: list[Block] = [Heading("Main results")]
+def _main_section(df, s, status, base, study_name: str, pdir: Path, title: str = "Main results") -> list[Block]:
+    blocks: list[Block] = [Heading(title)]
     frame, bold = main_table(s, status)
     blocks.append(Table(frame, f"{study_name}: mIoU (%), mean ± std over seeds", name="main", data=s, bold=bold))
     blocks.append(Table(status, "Trial runs per group and state", name="status", show=False))
@@ -220,14 +220,13 @@ def build(
     blocks.append(Paragraph(f"{len(finished(df))} finished trial runs of {len(df)} read from MLflow ({uri}). "
                             "Values are mIoU in %, mean ± sample std over seeds."))  # fmt: skip
     blocks += _protocol_section(df, base)
-    blocks += _main_section(df, s, status, base, study_name, pdir)
+    title = "Main results (confirmation runs, report split)" if staged else "Main results"  # a search study: its confirmation runs
+    blocks += _main_section(df, s, status, base, study_name, pdir, title)
     blocks += _ablation_sections(df, s.attrs["metrics"], pdir)
     blocks += _per_class_section(df, crf, pdir)
     blocks += _curves_section(df, uri, pdir)
     blocks += _overlay_section(df, uri, crf, pdir)
-    if staged:  # the main table of a search study: the confirmation runs on the report split
-        blocks = [Heading(f"{b.text} (confirmation runs, report split)") if b == Heading("Main results") else b for b in blocks]
-    elif optuna_study is not None:  # runs from before bench.stage was tagged
+    if not staged and optuna_study is not None:  # runs from before bench.stage was tagged
         blocks += _search_section(optuna_study, pdir)
     return _write(blocks, out, study_name)
 

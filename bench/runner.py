@@ -25,10 +25,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .integrity import DATA_ATTR, check_study_file, data_json, job_attrs
 from .storage import claim_waiting_trial, fail_dead_trials, heartbeat, open_storage, study_lock
-from .search_protocol import confirm_attrs, confirmation_todo, search_spent, stage_of
+from .search_protocol import ProtocolSplits, confirm_attrs, confirmation_todo, search_spent, stage_of
 from .study import Study, study_jobs
 from .trial import TrialContext, run_trial
 from .tracking import Tracker
+from tkp_pcl.data import Splits
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -64,6 +65,9 @@ class StudyHandle:
     optuna_study: optuna.Study
     tracker: Tracker
     workdir: Path
+    #: (splits, tune/report splits or None) as this process loaded and checked them before
+    #: claiming anything (:func:`bench.cli._check_data`); its trials reuse them
+    data: tuple[Splits, ProtocolSplits | None] | None = None
 
     @property
     def total(self) -> int:
@@ -88,7 +92,8 @@ class StudyHandle:
         return Counter(t.state.name for t in self.trials())
 
 
-def open_study(study: Study, storage_url: str, tracking_uri: str, create: bool = True) -> StudyHandle:
+def open_study(study: Study, storage_url: str, tracking_uri: str, create: bool = True, data=None) -> StudyHandle:
+    """The study's handle; ``data``: its loaded (splits, protocol splits), see :attr:`StudyHandle.data`."""
     storage = open_storage(storage_url)
     direction = study.search.direction if study.search else "maximize"
     kw = dict(study_name=study.name, storage=storage, sampler=make_sampler(study), pruner=make_pruner(study))
@@ -97,7 +102,7 @@ def open_study(study: Study, storage_url: str, tracking_uri: str, create: bool =
     else:
         ostudy = optuna.load_study(**kw)
     workdir = Path(".bench") / study.name
-    return StudyHandle(study, storage_url, storage, ostudy, Tracker(tracking_uri, study.name), workdir)
+    return StudyHandle(study, storage_url, storage, ostudy, Tracker(tracking_uri, study.name), workdir, data)
 
 
 def close_dead_trials(h: StudyHandle) -> int:
@@ -182,6 +187,8 @@ def work(h: StudyHandle, on_progress=None, on_trial_end=None, poll: float = 2.0)
     for the search trials of other workers to end). Returns the states it produced."""
     parent = h.tracker.open()
     ctx = TrialContext(h.study, h.optuna_study, h.tracker, parent, h.workdir, on_progress)
+    if h.data is not None:
+        ctx._splits, ctx._protocol = h.data
     done: Counter = Counter()
     while True:
         close_dead_trials(h)

@@ -148,12 +148,7 @@ def protocol_splits(study: Study, splits: Splits) -> ProtocolSplits | None:
 def search_configs(study: Study, params: Mapping[str, Any]) -> list[MethodConfig]:
     """A sampled configuration once per ``search.seeds`` seed (``train.seed`` set), in order."""
     base = job_config_for_search(study, dict(params))
-    out = []
-    for seed in study.search.seeds:
-        cfg = base.model_copy(deep=True)
-        cfg.train.seed = seed
-        out.append(cfg)
-    return out
+    return [with_seed(base, seed) for seed in study.search.seeds]
 
 
 def seed_metric(metric: str, seed: int, prefix: str = "tune_") -> str:
@@ -218,12 +213,13 @@ def confirmation_jobs(study: Study, trials: Iterable[Any]) -> list[ConfirmJob]:
     for seed in c.seeds:
         for rank, (t, cfg) in enumerate(zip(top, top_cfgs), start=1):
             key = f"confirm|top{rank}|trial={t.number}|seed={seed}"
-            jobs.append(ConfirmJob(key, top_label(study, rank), seed, _with_seed(cfg, seed), t.number, rank))
-        jobs.append(ConfirmJob(f"confirm|{c.baseline}|seed={seed}", c.baseline, seed, _with_seed(base_cfg, seed)))
+            jobs.append(ConfirmJob(key, top_label(study, rank), seed, with_seed(cfg, seed), t.number, rank))
+        jobs.append(ConfirmJob(f"confirm|{c.baseline}|seed={seed}", c.baseline, seed, with_seed(base_cfg, seed)))
     return jobs
 
 
-def _with_seed(cfg: MethodConfig, seed: int) -> MethodConfig:
+def with_seed(cfg: MethodConfig, seed: int) -> MethodConfig:
+    """A copy of ``cfg`` with ``train.seed`` set to ``seed``."""
     out = cfg.model_copy(deep=True)
     out.train.seed = seed
     return out

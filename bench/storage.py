@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import threading
@@ -25,6 +24,8 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
+
+from .file_lock import file_lock
 
 DEFAULT_STORAGE = "journal:.bench/optuna.journal"
 HEARTBEAT_SECONDS = int(os.environ.get("BENCH_HEARTBEAT_SECONDS", 20))
@@ -59,13 +60,8 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
     else:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f"{path.name}.{study_name}.lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(path.with_name(f"{path.name}.{study_name}.lock")):
+        yield
 
 
 def open_storage(url: str) -> BaseStorage:

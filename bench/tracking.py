@@ -6,7 +6,6 @@ several trials, threads or processes never mix their runs.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import socket
@@ -14,7 +13,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+
+from .file_lock import file_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
@@ -60,10 +60,8 @@ def quiet_mlflow_logs() -> None:
     MLflow's SQL store logs every database error with its traceback (``mlflow.store.db.utils``)
     and then raises it; the harness reports that exception once, as one line naming the store
     and the trial (:class:`TrackingStoreError`), so the log would only repeat it as a traceback.
-    Called after MLflow is imported (it installs its own handlers then)."""
+    Called when this module is imported, after MLflow (which installs its handlers on import)."""
     import logging
-
-    import mlflow  # noqa: F401  (configures MLflow's handlers, which are filtered below)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
@@ -108,13 +106,8 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
         return
     db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def resolve_tracking_uri(cli: str | None, study: str | None) -> str:
@@ -137,7 +130,7 @@ def store_exists(uri: str) -> bool:
     return True
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def source_tags() -> dict[str, str]:
     """Git commit of the source checkout, package versions, host."""
     tags = {"bench.host": socket.gethostname()}
@@ -296,3 +289,6 @@ class Tracker:
             return self.client.get_run(run_id).info.status
         except Exception:
             return None
+
+
+quiet_mlflow_logs()  # every process that tracks (bench, its workers, DDP rank 0) gets one-line MLflow logs

@@ -50,9 +50,8 @@ def rank_zero(args) -> int:
     does not load, a failing store) the other ranks are told to stop, then the error is
     reported in one line as `bench` reports it."""
     from .cli import _input_error_types
-    from .tracking import TrackingStoreError, quiet_mlflow_logs
+    from .tracking import TrackingStoreError
 
-    quiet_mlflow_logs()
     told = [False]
 
     def stop_others() -> None:
@@ -78,10 +77,10 @@ def _run_rank_zero(args, stop_others) -> int:
     from .trial import TrialContext, run_trial
 
     study, storage_url, tracking_uri = _load(args)
-    _check_data(study, args.study)
+    splits, protocol = _check_data(study, args.study)
     h = runner.open_study(study, storage_url, tracking_uri, create=True)
     runner.check(h, args.study)
-    ctx = TrialContext(study, h.optuna_study, h.tracker, h.tracker.open(), h.workdir,
+    ctx = TrialContext(study, h.optuna_study, h.tracker, h.tracker.open(), h.workdir, _splits=splits, _protocol=protocol,
                        before_stage1=lambda cfg, ckpt: _broadcast((cfg.model_dump(mode="json"), str(ckpt))))  # fmt: skip
     runner.prepare(h, args.study)
     failed = 0

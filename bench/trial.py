@@ -24,10 +24,13 @@ from tkp_pcl.data import Split, Splits, load_splits, seg_train_split_name, unsco
 from tkp_pcl.metrics import miou
 from tkp_pcl.pseudo import make_pseudo_labels
 from tkp_pcl.segment import train_segmentation
-from tkp_pcl.train import Stage1Result, distributed, train_stage1
+from tkp_pcl.runtime import distributed
+from tkp_pcl.train import Stage1Result, train_stage1
 
 from .integrity import CONFIG_ATTR, DATA_ATTR, HASH_ATTR, data_json, run_config, stored_config, usable_checkpoint
-from .search_protocol import PROTOCOL_ATTR, ProtocolSplits, confirm_tags, protocol_json, protocol_splits, seed_values, stage_of
+from .search_protocol import (
+    PROTOCOL_ATTR, ProtocolSplits, confirm_tags, protocol_json, protocol_splits, seed_values, stage_of, with_seed,
+)  # fmt: skip
 from .overlay import example_rows, overlay_grid, save_png
 from .storage import worker_identity
 from .study import (
@@ -170,10 +173,9 @@ def stage2_labels(
 def run_stage2(
     ctx: TrialContext, cfg: MethodConfig, run_id: str, label_root: Path, stage1: Stage1Result
 ) -> dict[str, float]:
-    """Make the pseudo labels of stage 2's training split (``data.seg_train_split``; logged as
+    """Make the pseudo labels of stage 2's training split (``data.seg_train_split``; the run's
     param ``segment.train_split``), train the segmentation network on them, score it on val."""
     tracker = ctx.tracker
-    tracker.client.log_param(run_id, "segment.train_split", seg_train_split_name(ctx.study.data))
     label_dir, metrics = stage2_labels(ctx, cfg, stage1, label_root)
     seg = train_segmentation(
         cfg.segment, cfg.model, ctx.splits.seg_train, label_dir, ctx.splits.val,
@@ -202,7 +204,10 @@ class TrialSpec:
     seed: int
     grid: dict[str, Any]
     cfg: MethodConfig
-    config_hash: str
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.cfg)
 
 
 def trial_spec(ctx: TrialContext, trial: optuna.Trial) -> TrialSpec:
@@ -216,9 +221,9 @@ def trial_spec(ctx: TrialContext, trial: optuna.Trial) -> TrialSpec:
             raise StudyError(f"trial {trial.number} (job {key!r}) has no stored configuration and this file lacks the job")
         cfg = run_config(stored, job.config if job else _execution_source(study, attrs["variant"]))
         grid = json.loads(attrs.get("grid") or "{}")
-        return TrialSpec(key, attrs["variant"], int(attrs["seed"]), grid, cfg, config_hash(cfg))
+        return TrialSpec(key, attrs["variant"], int(attrs["seed"]), grid, cfg)
     cfg = sample_search_config(study, trial)
-    spec = TrialSpec(f"search|trial={trial.number}", search_variant(study), cfg.train.seed, {}, cfg, config_hash(cfg))
+    spec = TrialSpec(f"search|trial={trial.number}", search_variant(study), cfg.train.seed, {}, cfg)
     for k, v in {"job_key": spec.key, "variant": spec.variant, "seed": spec.seed,
                  CONFIG_ATTR: cfg.model_dump_json(), HASH_ATTR: spec.config_hash, DATA_ATTR: data_json(study),
                  PROTOCOL_ATTR: protocol_json(study)}.items():  # fmt: skip
@@ -257,6 +262,8 @@ class TrialLifecycle:
             trial.set_user_attr(k, v)
         params = {f"data.{k}": v for k, v in flatten(ctx.study.data.model_dump(mode="json")).items()}
         params.update(flatten(spec.cfg.model_dump(mode="json")))
+        if spec.cfg.segment.enabled:
+            params["segment.train_split"] = seg_train_split_name(ctx.study.data)
         tags = {"bench.variant": spec.variant, "bench.seed": spec.seed, "bench.trial": trial.number,
                 "bench.job_key": spec.key, "bench.config_hash": spec.config_hash, "bench.device": spec.cfg.train.device,
                 "bench.optuna_study": ctx.study.name, "bench.world_size": distributed()[2],
@@ -348,8 +355,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
             ctx.tracker.set_tags(life.run_id, {"bench.search_seeds": ",".join(map(str, seeds))})
         per_seed, first = {}, None
         for i, seed in enumerate(seeds):
-            cfg = spec.cfg.model_copy(deep=True)
-            cfg.train.seed = seed
+            cfg = with_seed(spec.cfg, seed)
             key = spec.key if i == 0 else f"{spec.key}|seed={seed}"
             paths.append(job_paths(ctx.workdir, key))
             suffix = "" if i == 0 else f"_seed{seed}"  # per-epoch metrics: the first seed's plain
