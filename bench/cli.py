@@ -1,4 +1,5 @@
-"""``bench``: run, join, list and browse studies.
+"""``bench``: run, join, list, report and browse studies. Parses arguments and prints; the work
+is done by :mod:`bench.run`, :mod:`bench.stores` and :mod:`bench.report`.
 
 Exit codes: 0 done; 1 some trials failed (run again to retry them); 2 bad input (study file,
 data, storage), with a one-line message on stderr.
@@ -13,11 +14,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .study import Study, StudyError, load_study  # pydantic + PyYAML only: a bad file fails fast
-from .urls import check_mlflow_uri, check_optuna_storage
+from .records import Attr
+from .study import (  # pydantic + PyYAML only: a bad file fails fast
+    Study, StudyError, check_data_root, input_error_types, load_study, with_execution_values,
+)  # fmt: skip
+from .study.urls import check_mlflow_uri, check_optuna_storage
 
 EXIT_FAILED_TRIALS = 1
 EXIT_BAD_INPUT = 2
+DEFAULT_BASELINE = "vit-pcm"
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 # (argparse attribute, flag, environment variable, check) of the storage URLs a command may take
 URL_SOURCES = (
     ("storage", "--storage", "BENCH_OPTUNA_STORAGE", check_optuna_storage),
@@ -38,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("study", help="study file (studies/*.yaml)")
         sp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the study's, or sqlite:///mlflow.db)")
         sp.add_argument("--storage", help="Optuna storage: journal:PATH, sqlite:///PATH, postgresql://... (default: journal:.bench/optuna.journal)")
-        sp.add_argument("--threads", type=int, help="torch CPU threads for this process")
+        sp.add_argument("--threads", type=int, help="torch CPU threads of this process's trials (overrides train.num_threads)")
 
     run = sub.add_parser("run", help="run (or resume) a study")
     common(run)
@@ -54,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--tracking-uri", help="MLflow tracking URI (as for run)")
     rep.add_argument("--storage", help="Optuna storage, for search studies (as for run)")
     rep.add_argument("--out", help="output folder (default: reports/<study>)")
-    rep.add_argument("--baseline", default="vit-pcm", help="variant the others are compared with (default vit-pcm)")
+    rep.add_argument("--baseline", help="variant the others are compared with (default: the study's confirm.baseline, else vit-pcm)")
     ui = sub.add_parser("ui", help="start the MLflow UI on the tracking store (127.0.0.1)")
     ui.add_argument("study", nargs="?", help="study file whose tracking URI to use")
     ui.add_argument("--tracking-uri")
@@ -76,20 +82,6 @@ def _study_file(args) -> str | None:
     return arg
 
 
-def _check_data_root(path: str, study: Study) -> None:
-    """A data set under a ``root`` folder that does not exist: an error naming ``data.root``."""
-    root = getattr(study.data, "root", None)
-    if root is None or Path(root).expanduser().is_dir():
-        return
-    import importlib
-
-    try:  # the loader's download hint (imports the data modules: only on this error path)
-        hint = "; " + importlib.import_module(f"tkp_pcl.data.{study.data.kind}").DOWNLOAD_HINT
-    except (ImportError, AttributeError):
-        hint = ""
-    raise StudyError(f"{path}: data.root: {study.data.kind.upper()} root {root} does not exist{hint}")
-
-
 def _check_urls(args) -> None:
     """``--storage`` / ``--tracking-uri``, else their environment variables (the study's own
     values are checked by its schema), with the same checks, before anything is opened."""
@@ -104,92 +96,61 @@ def _check_urls(args) -> None:
                 raise StudyError(f"{source}: {e} (got {value!r})") from None
 
 
-def _validate(args) -> Study | None:
+def validate_inputs(args) -> Study | None:
     """Read and check the command's inputs (study file, URLs, data root) with light imports
-    only, once per process; raises :class:`StudyError`. Returns the study, if a file was named."""
+    only, once per process; raises :class:`StudyError`. Returns the study, if a file was named;
+    ``--threads`` becomes its ``train.num_threads`` (one owner of the thread count)."""
     if "_study" in vars(args):
         return args._study
     _check_urls(args)
     path = _study_file(args)
     study = load_study(path) if path else None
     if study is not None and args.command in ("run", "worker"):
-        _check_data_root(path, study)
+        check_data_root(path, study)
+        if getattr(args, "threads", None):
+            study = with_execution_values(study, {"train.num_threads": args.threads})
     args._study = study
     return study
 
 
-def _load(args):
-    """The study, its Optuna storage URL and its MLflow tracking URI (after the precedence rules)."""
-    study = _validate(args)
-    from .storage import resolve_storage_url
-    from .tracking import resolve_tracking_uri
+def store_urls(args, study: Study | None) -> tuple[str, str]:
+    """The Optuna storage URL and the MLflow tracking URI (after the precedence rules)."""
+    from .stores import resolve_storage_url, resolve_tracking_uri
 
-    return (study, resolve_storage_url(args.storage, study.tracking.optuna_storage),
-            resolve_tracking_uri(args.tracking_uri, study.tracking.mlflow_uri))  # fmt: skip
+    return (resolve_storage_url(getattr(args, "storage", None), study.tracking.optuna_storage if study else None),
+            resolve_tracking_uri(getattr(args, "tracking_uri", None), study.tracking.mlflow_uri if study else None))  # fmt: skip
 
 
 def cmd_run(args) -> int:
     from rich.console import Console
 
-    from . import runner
-    from .tracking import TrackingStoreError
+    from .run import finish_parent, prepare, queue, run_in_process, run_workers, start, wait_for_others
+    from .stores import TrackingStoreError
 
-    study, storage_url, tracking_uri = _load(args)
+    study = validate_inputs(args)
+    storage_url, tracking_uri = store_urls(args, study)
     if args.workers < 1:
         return _err("--workers must be >= 1")
-    console = Console(stderr=True)
     if args.dry_run:
-        return dry_run(study, storage_url)
-    data = _check_data(study, args.study)  # before anything is written
-    _check_weights(study)  # so is a model.pretrained_file that is missing or does not fit
-    h = runner.open_study(study, storage_url, tracking_uri, create=True, data=data)
-    runner.check(h, args.study)  # a file that disagrees with the stored trials: refused, nothing written
+        return dry_run(study)
+    console = Console(stderr=True)
+    h = start(study, args.study, storage_url, tracking_uri, create=True)
     try:
-        parent = h.tracker.open()
-        if data[1] is not None:
-            _log_split_ids(h.tracker, parent, data[1])
-        info = runner.prepare(h, args.study)
+        info = prepare(h)
         console.print(
-            f"study [bold]{study.name}[/]: {h.total} trials ({len(h.trials(states=runner.DONE_STATES))} done, "
-            f"{info['queued']} queued, {info['dead']} found dead); MLflow {tracking_uri}; Optuna {storage_url}"
+            f"study [bold]{study.name}[/]: {queue.total(h)} trials ({queue.done(h)} done, {info['queued']} queued, "
+            f"{info['dead']} found dead); MLflow {tracking_uri}; Optuna {storage_url}"
         )
         if args.workers == 1:
-            runner.run_in_process(h)
+            run_in_process(h)
         else:
-            runner.run_workers(h, args.study, tracking_uri, args.workers)
-        if h.trials(states=(runner.TrialState.RUNNING,)):
+            run_workers(h, args.study, tracking_uri, args.workers)
+        if h.trials(states=queue.states(("RUNNING",))):
             console.print("waiting for the trials other workers are running ...")
-            runner.wait_for_others(h)
-        return _summary(h, console)
+            wait_for_others(h)
+        return _summary(h, console, finish_parent(h))
     except TrackingStoreError as e:
         return _store_failed(e)
-
-
-def _check_data(study, path: str):
-    """Load the study's data and build its tune / report splits (None without ``search.tune``);
-    returns both, for the process's trials to reuse. A missing data set, or tune images among
-    the reported ones, is a :class:`StudyError` naming ``path``, raised before anything is
-    written or claimed."""
-    from tkp_pcl.data import load_splits
-
-    from .search_protocol import protocol_splits
-    from .study import StudyError
-
-    try:
-        splits = load_splits(study.data)
-        return splits, protocol_splits(study, splits)
-    except StudyError as e:
-        raise StudyError(f"{path}: {e}") from None
-
-
-def _log_split_ids(tracker, parent_run_id: str, protocol) -> None:
-    """``tune_ids.txt`` and ``report_ids.txt`` as artifacts of the study's parent run."""
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in protocol.write_ids(Path(tmp)):
-            tracker.log_artifact(parent_run_id, path)
 
 
 def _store_failed(e) -> int:
@@ -198,94 +159,71 @@ def _store_failed(e) -> int:
     return EXIT_FAILED_TRIALS
 
 
-def _check_weights(study) -> None:
-    """Build each distinct backbone that has a ``model.pretrained_file`` once and load the file;
-    raises :class:`tkp_pcl.weights.WeightsError` (one line: the path and the first bad key)."""
-    from tkp_pcl.model import check_pretrained_file
-
-    from .study import search_variant, study_jobs, variant_config
-
-    configs = [j.config for j in study_jobs(study)] or [variant_config(study, search_variant(study))]
-    for model_cfg in {c.model.model_dump_json(): c.model for c in configs}.values():
-        check_pretrained_file(model_cfg)
-
-
-def _summary(h, console) -> int:
+def _state_table(title: str, per: dict[str, Counter]):
     from rich.table import Table
 
-    from . import runner
-
-    complete = runner.finish_parent(h)
-    table = Table(title=f"study {h.study.name}")
-    per: dict[str, Counter] = {}
-    for t in h.trials():
-        per.setdefault(t.user_attrs.get("variant", "?"), Counter())[t.state.name] += 1
-    states = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+    table = Table(title=title)
     table.add_column("variant")
-    for s in states:
+    for s in STATES:
         table.add_column(s.lower(), justify="right")
     for v, c in per.items():
-        table.add_row(v, *(str(c.get(s, 0)) for s in states))
-    console.print(table)
-    failed = [t for t in h.trials(states=(runner.TrialState.FAIL,))]
+        table.add_row(v, *(str(c.get(s, 0)) for s in STATES))
+    return table
+
+
+def _per_variant(trials) -> dict[str, Counter]:
+    per: dict[str, Counter] = {}
+    for t in trials:
+        per.setdefault(t.user_attrs.get(Attr.VARIANT, "?"), Counter())[t.state.name] += 1
+    return per
+
+
+def _summary(h, console, complete: bool) -> int:
+    from .run import queue
+
+    console.print(_state_table(f"study {h.study.name}", _per_variant(h.trials())))
     if not complete:
-        missing = h.total - len(h.trials(states=runner.DONE_STATES))
-        errors = {t.user_attrs.get("error", "died") for t in failed}
+        missing = queue.total(h) - queue.done(h)
+        errors = {t.user_attrs.get(Attr.ERROR, "died") for t in h.trials(states=queue.states(("FAIL",)))}
         console.print(f"[red]{missing} trial(s) not done[/] (errors: {'; '.join(sorted(errors))[:300]}); "
                       "run the same command again to retry them")  # fmt: skip
         return EXIT_FAILED_TRIALS
-    console.print(f"[green]all {h.total} trials done[/]; browse them with: bench ui")
+    console.print(f"[green]all {queue.total(h)} trials done[/]; browse them with: bench ui")
     return 0
 
 
-def dry_run(study, storage_url: str) -> int:
+def dry_run(study: Study) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .search_protocol import confirm_total, plan_rows
-    from .study import study_jobs
+    from .study.plan import plan
 
-    jobs = study_jobs(study)
-    n = len(jobs) or study.search.n_trials
-    then = f" + {confirm_total(study)} confirmation runs" if study.confirm else ""
-    table = Table(title=f"{study.name}: {n} trials{then} (dry run)")
-    if jobs:
-        for col in ("#", "job", "variant", "seed", "pooling", "pce_weight", "epochs"):
-            table.add_column(col)
-        for i, j in enumerate(jobs):
-            c = j.config
-            pool = c.pooling.kind + (f" k_ratio={c.pooling.k_ratio}" if c.pooling.kind == "topk" else "")
-            table.add_row(str(i), j.key, j.variant, str(j.seed), pool, str(c.loss.pce_weight), str(c.train.epochs))
-    else:
-        s = study.search
-        table.add_column("search")
-        table.add_column("value")
-        for k, v in [("variant", s.variant or next(iter(study.variants))), ("sampler", s.sampler),
-                     ("pruner", s.pruner), ("objective", f"{s.direction} {s.metric}"), ("n_trials", s.n_trials),
-                     *((f"space.{p}", spec.model_dump()) for p, spec in s.space.items()), *plan_rows(study)]:  # fmt: skip
-            table.add_row(k, str(v))
+    title, columns, rows = plan(study)
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)
     return 0
 
 
 def cmd_worker(args) -> int:
-    from . import runner
-    from .tracking import TrackingStoreError
+    from .run import run_in_process, start, work
+    from .stores import TrackingStoreError
 
-    study, storage_url, tracking_uri = _load(args)
-    data = _check_data(study, args.study)  # this machine's copy of the data: checked before a trial is claimed
-    _check_weights(study)
+    study = validate_inputs(args)
+    storage_url, tracking_uri = store_urls(args, study)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        h = runner.open_study(study, storage_url, tracking_uri, create=False, data=data)
+        h = start(study, args.study, storage_url, tracking_uri, create=False)
     except KeyError:
         return _err(f"study {study.name!r} does not exist in {storage_url}; start it with `bench run` first")
-    runner.check(h, args.study)  # before claiming anything
     try:
-        done = runner.work(h) if args.quiet else runner.run_in_process(h)
+        produced = work(h) if args.quiet else run_in_process(h)
     except TrackingStoreError as e:
         return _store_failed(e)
-    return EXIT_FAILED_TRIALS if done.get("FAIL") else 0
+    return EXIT_FAILED_TRIALS if produced.get("FAIL") else 0
 
 
 def cmd_ls(args) -> int:
@@ -293,71 +231,55 @@ def cmd_ls(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .storage import open_storage, resolve_storage_url, storage_exists
+    from .stores import open_storage, resolve_storage_url, storage_exists
 
     url = resolve_storage_url(args.storage, None)
     if not storage_exists(url):
         return _err(f"no study storage at {url} (run `bench run STUDY` here first, or pass --storage)")
     storage = open_storage(url)
     table = Table(title=f"studies in {url}")
-    for col in ("study", "variant", "complete", "pruned", "fail", "running", "waiting", "best"):
+    for col in ("study", "variant", *(s.lower() for s in STATES), "best"):
         table.add_column(col)
     for name in optuna.get_all_study_names(storage):
-        st = optuna.load_study(study_name=name, storage=storage)
-        per: dict[str, Counter] = {}
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
         best: dict[str, float] = {}
-        for t in st.get_trials(deepcopy=False):
-            v = t.user_attrs.get("variant", "?")
-            per.setdefault(v, Counter())[t.state.name] += 1
+        for t in trials:
+            v = t.user_attrs.get(Attr.VARIANT, "?")
             if t.state.name == "COMPLETE" and t.value is not None:
                 best[v] = max(best.get(v, float("-inf")), t.value)
-        for v, c in sorted(per.items()):
-            table.add_row(name, v, *(str(c.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")),
-                          f"{best[v]:.4f}" if v in best else "")  # fmt: skip
+        for v, c in sorted(_per_variant(trials).items()):
+            table.add_row(name, v, *(str(c.get(s, 0)) for s in STATES), f"{best[v]:.4f}" if v in best else "")
     Console().print(table)
     return 0
 
 
 def cmd_report(args) -> int:
-    from . import report
-    from .report_data import ReportError
-    from .report_search import SearchInfo
-    from .storage import open_storage, resolve_storage_url, storage_exists
-    from .tracking import resolve_tracking_uri, store_exists
+    from .report import ReportError, SearchInfo, build, search_study
+    from .stores import store_exists
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    study = _validate(args)
+    study = validate_inputs(args)
     name = study.name if study else args.study
-    uri = resolve_tracking_uri(args.tracking_uri, study.tracking.mlflow_uri if study else None)
+    storage_url, uri = store_urls(args, study)
     if not store_exists(uri):
         raise ReportError(f"no study {name!r}: no MLflow store at {uri} (run `bench run` here first, or pass --tracking-uri)")
-    ostudy = None
-    if study is None or study.search is not None:
-        url = resolve_storage_url(args.storage, study.tracking.optuna_storage if study else None)
-        if storage_exists(url):
-            import optuna
-
-            try:
-                ostudy = optuna.load_study(study_name=name, storage=open_storage(url))
-            except KeyError:
-                ostudy = None
-            if ostudy is not None and not any("search|" in t.user_attrs.get("job_key", "") for t in ostudy.trials):
-                ostudy = None  # a grid study: no search plots
+    ostudy = search_study(name, storage_url) if study is None or study.search is not None else None
     expected = len(study.seeds) if study and study.search is None else None
     if study is not None and study.confirm is not None:
         expected = len(study.confirm.seeds)
+    baseline = args.baseline or (study.confirm.baseline if study and study.confirm else DEFAULT_BASELINE)
     search = SearchInfo.from_study(study) if study is not None and study.search is not None else None
     out = Path(args.out) if args.out else Path("reports") / name
-    path = report.build(name, uri, out, expected_seeds=expected, baseline=args.baseline, optuna_study=ostudy, search=search)
+    path = build(name, uri, out, expected_seeds=expected, baseline=baseline, optuna_study=ostudy, search=search)
     print(f"report written: {path} and {path.with_suffix('.html')} (tables/, plots/ beside them)")
     return 0
 
 
 def cmd_ui(args) -> int:
-    from .tracking import Tracker, resolve_tracking_uri
+    from .stores import Tracker
 
-    study = _validate(args)  # read once, by main()
-    uri = resolve_tracking_uri(args.tracking_uri, study.tracking.mlflow_uri if study else None)
+    study = validate_inputs(args)
+    _, uri = store_urls(args, study)
     base = f"http://{args.host}:{args.port}"
     url = Tracker(uri, study.name).runs_url(base) if study else base
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
@@ -375,17 +297,6 @@ def cmd_data(args) -> int:
     return 0
 
 
-def _input_error_types() -> tuple[type[Exception], ...]:
-    """The exceptions that mean bad input: :class:`StudyError`, and ``DataError`` /
-    ``ReportError`` once their (heavy) modules are imported: one never imported was not raised."""
-    found: list[type[Exception]] = [StudyError]
-    for module, name in (("tkp_pcl.data", "DataError"), ("bench.report_data", "ReportError"), ("tkp_pcl.weights", "WeightsError")):
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None:
-            found.append(cls)
-    return tuple(found)
-
-
 def _quiet_libraries(args) -> None:
     """Logging levels and torch threads: after validation, as it imports Optuna (and torch)."""
     import logging
@@ -400,15 +311,17 @@ def _quiet_libraries(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+COMMANDS = {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-    commands = {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}
     try:
-        _validate(args)  # before any heavy import: a bad study file fails in a fraction of a second
+        validate_inputs(args)  # before any heavy import: a bad study file fails in a fraction of a second
         _quiet_libraries(args)
-        return commands[args.command](args)
-    except _input_error_types() as e:
+        return COMMANDS[args.command](args)
+    except input_error_types() as e:
         msg = str(e)
         if type(e).__name__ == "DataError" and _study_file(args):
             msg = f"{_study_file(args)}: data: {msg}"  # found while loading the data set

@@ -84,8 +84,8 @@ def per_epoch_bookkeeping(cfg, splits, reps: int = 10) -> dict[str, float]:
     pruning check, and the held-out pseudo mIoU (the method's monitor)."""
     import optuna
 
-    from bench.storage import open_storage
-    from bench.tracking import Tracker
+    from bench.stores import open_storage
+    from bench.stores import Tracker
     from tkp_pcl.train import save_checkpoint
 
     model = PatchClassifier(cfg.model, splits.train.num_classes)

@@ -33,7 +33,7 @@ def child_runs(tracking_uri: str, study: str):
     """(trial runs, parent runs) of a study; a relative SQLite URI is taken in the cwd."""
     import mlflow
 
-    from bench.tracking import resolve_tracking_uri
+    from bench.stores import resolve_tracking_uri
 
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri, None))
     try:
@@ -41,3 +41,15 @@ def child_runs(tracking_uri: str, study: str):
     finally:  # set_tracking_uri exports MLFLOW_TRACKING_URI, which the next `bench` would honour
         mlflow.set_tracking_uri(None)
     return df[df["tags.bench.role"] == "trial"], df[df["tags.bench.role"] == "study"]
+
+
+def enqueued(study, storage=None):
+    """An Optuna study holding every job of ``study`` as ``bench run`` enqueues them."""
+    import optuna
+
+    from bench.study import study_jobs, trial_attrs
+
+    st = optuna.create_study(storage=storage, study_name=study.name, load_if_exists=True)
+    for job in study_jobs(study):
+        st.enqueue_trial(params={}, user_attrs=trial_attrs(job, study))
+    return st

@@ -1,0 +1,100 @@
+"""Multi-GPU (or multi-process CPU) training of each trial with DistributedDataParallel.
+
+    torchrun --standalone --nproc-per-node N -m bench.run.ddp STUDY [--tracking-uri URI] [--storage URL]
+
+A worker like ``bench worker``, except that all N processes train every trial together: rank 0
+goes through the same startup sequence and worker loop as ``bench run`` (:func:`bench.run.start`,
+:func:`bench.run.work`: it creates and enqueues the study if needed, closes dead trials, waits
+for a confirmation stage) and does all Optuna and MLflow work, pseudo labels and stage 2; before
+each stage-1 training (one per seed of a search trial) it sends the configuration to the other
+ranks, which only join stage-1 training. Backend: NCCL on CUDA, gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+
+import torch
+import torch.distributed as dist
+
+from tkp_pcl.config import MethodConfig
+from tkp_pcl.train import train_stage1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run.ddp")
+    ap.add_argument("study")
+    ap.add_argument("--tracking-uri")
+    ap.add_argument("--storage")
+    ap.add_argument("--threads", type=int)
+    ap.set_defaults(command="run")  # validated as `bench run` validates its inputs
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=dt.timedelta(hours=3))
+    try:
+        return rank_zero(args) if dist.get_rank() == 0 else other_rank(args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _broadcast(obj):
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def rank_zero(args) -> int:
+    """Rank 0: the study, its trials, tracking; on any error (a refused study file, data that
+    does not load, a failing store) the other ranks are told to stop, then the error is
+    reported in one line as ``bench`` reports it."""
+    from ..cli import EXIT_BAD_INPUT, EXIT_FAILED_TRIALS, store_urls, validate_inputs
+    from ..stores import TrackingStoreError
+    from ..study import input_error_types
+    from . import finish_parent, prepare, start, work
+
+    told = [False]
+
+    def stop_others() -> None:
+        if not told[0]:
+            told[0] = True
+            _broadcast(None)
+
+    try:
+        study = validate_inputs(args)
+        h = start(study, args.study, *store_urls(args, study), create=True)
+        prepare(h)
+        produced = work(h, before_stage1=lambda cfg, ckpt: _broadcast((cfg.model_dump(mode="json"), str(ckpt))))
+        stop_others()
+        finish_parent(h)
+        return EXIT_FAILED_TRIALS if produced.get("FAIL") else 0
+    except (*input_error_types(), TrackingStoreError) as e:
+        stop_others()
+        print(f"bench: error: {e}", file=sys.stderr)
+        return EXIT_FAILED_TRIALS if isinstance(e, TrackingStoreError) else EXIT_BAD_INPUT
+    except BaseException:
+        stop_others()
+        raise
+
+
+def other_rank(args) -> int:
+    """A rank other than 0: train stage 1 of each configuration rank 0 sends, until told to stop."""
+    from ..study import load_study
+    from .startup import load_data
+
+    study = load_study(args.study)
+    splits, tune = load_data(study, args.study)
+    splits = tune.report if tune is not None else splits  # with a tune split every trial trains on the joined images
+    while (msg := _broadcast(None)) is not None:
+        cfg, ckpt = MethodConfig.model_validate(msg[0]), msg[1]
+        try:
+            train_stage1(cfg, splits, checkpoint_path=ckpt, progress=False)
+        except Exception as e:  # rank 0 records the failure; this rank waits for the next trial
+            print(f"rank {dist.get_rank()}: {type(e).__name__}: {e}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The stores a study lives in: Optuna's (trials, their states and stored configurations) and
+MLflow's (one experiment per study, a parent run, one run per trial), with the locks and the
+bookkeeping the harness adds on top of them.
+
+Names are imported from their module on first use, so a command that needs only Optuna (``bench
+ls``) never imports MLflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_HOME = {
+    "file_lock": "file_lock",
+    **dict.fromkeys(
+        ("DEFAULT_TRACKING_URI", "Tracker", "TrackingStoreError", "quiet_mlflow_logs", "resolve_tracking_uri",
+         "store_exists"), "mlflow_store"),  # fmt: skip
+    **dict.fromkeys(
+        ("DEFAULT_STORAGE", "claim_waiting_trial", "fail_dead_trials", "heartbeat", "open_storage",
+         "resolve_storage_url", "storage_exists", "study_lock", "worker_identity"), "optuna_store"),  # fmt: skip
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

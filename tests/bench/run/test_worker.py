@@ -1,0 +1,118 @@
+"""The worker loop and the queue on real stores (an Optuna journal file, a SQLite MLflow store),
+with the trial's work replaced by a function that finishes it at once (no training)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+import bench.run.worker as worker
+from bench.records import Attr, stage_of
+from bench.run import queue
+from bench.run.startup import StudyHandle, make_pruner, make_sampler
+from bench.stores import Tracker, open_storage
+from bench.study import load_study
+from helpers import write_study
+
+SEARCH = {"variant": "tkp-pcl", "sampler": "random", "n_trials": 3, "seed": 1, "tune": {"count": 4},
+          "space": {"pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5}}}  # fmt: skip
+CONFIRM = {"top_n": 1, "seeds": [10, 11], "baseline": "vit-pcm"}
+
+
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory):
+    """One SQLite MLflow store for the module (creating one takes seconds); a study per test."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+def handle(tmp_path, mlflow_db, **top) -> StudyHandle:
+    study = load_study(write_study(tmp_path / "s.yaml", seeds=[0, 1], name=tmp_path.name, **top))
+    url = f"journal:{tmp_path}/optuna.journal"
+    storage = open_storage(url)
+    st = optuna.create_study(study_name=study.name, storage=storage, sampler=make_sampler(study), pruner=make_pruner(study))
+    tracker = Tracker(mlflow_db, study.name)
+    return StudyHandle(study, "s.yaml", url, storage, st, tracker, tmp_path / ".bench", splits=None)
+
+
+@pytest.fixture
+def instant_trials(monkeypatch):
+    """``run_trial`` replaced: each claimed trial is told COMPLETE with its number as value."""
+    ran = []
+
+    def run_trial(ctx, trial):
+        ran.append(trial.user_attrs.get(Attr.JOB_KEY, f"search|trial={trial.number}"))
+        return ctx.optuna_study.tell(trial, float(trial.number)).state
+
+    monkeypatch.setattr(worker, "run_trial", run_trial)
+    return ran
+
+
+def test_work_runs_each_enqueued_job_once_and_returns_the_states(tmp_path, mlflow_db, instant_trials):
+    h = handle(tmp_path, mlflow_db)
+    assert queue.prepare(h) == {"dead": 0, "queued": 4}
+    assert queue.prepare(h)["queued"] == 0  # a second bench run enqueues nothing
+    produced = worker.work(h)
+    assert produced == {"COMPLETE": 4} and sorted(instant_trials) == sorted(j.key for j in h.study._jobs)
+    assert queue.done(h) == queue.total(h) == 4 and worker.work(h) == {}
+
+
+def test_work_closes_a_dead_workers_trial_and_its_run(tmp_path, mlflow_db, instant_trials):
+    h = handle(tmp_path, mlflow_db)
+    queue.prepare(h)
+    trial = queue.next_trial(h)  # claimed by a worker that then dies
+    run_id = h.tracker.start_trial(h.tracker.open(), "dead", {}, {})
+    for k, v in {Attr.WORKER_HOST: socket.gethostname(), Attr.WORKER_PID: str(2**22 + os.getpid()),
+                 Attr.WORKER_START: "1", Attr.MLFLOW_RUN_ID: run_id}.items():  # fmt: skip
+        trial.set_user_attr(k, v)
+    assert worker.work(h) == {"COMPLETE": 3}
+    assert h.optuna_study.trials[trial.number].state == TrialState.FAIL
+    run = h.tracker.client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["bench.error"] == "worker died"
+    assert queue.prepare(h)["queued"] == 1 and worker.work(h) == {"COMPLETE": 1}  # the next bench run retries it
+
+
+def _search_trial(h, number: int, state: TrialState, value: float | None = None) -> None:
+    t = optuna.trial.create_trial(
+        state=state, value=value, params={"pooling.k_ratio": 0.1 + 0.1 * number},
+        distributions={"pooling.k_ratio": FloatDistribution(0.05, 0.5)},
+        user_attrs={Attr.JOB_KEY: f"search|trial={number}", Attr.VARIANT: "tkp-pcl"},
+    )  # fmt: skip
+    h.optuna_study.add_trial(t)
+
+
+def test_the_confirmation_is_enqueued_once_after_the_search(tmp_path, mlflow_db):
+    h = handle(tmp_path, mlflow_db, search=SEARCH, confirm=CONFIRM)
+    _search_trial(h, 0, TrialState.COMPLETE, 0.4)
+    _search_trial(h, 1, TrialState.COMPLETE, 0.7)
+    _search_trial(h, 2, TrialState.RUNNING)
+    assert queue.enqueue_confirmation(h) == 0 and queue.confirmation_pending(h)  # a search trial still runs
+    h.storage.set_trial_state_values(h.optuna_study.trials[2]._trial_id, TrialState.COMPLETE, [0.5])
+    assert not queue.confirmation_pending(h)
+    assert queue.enqueue_confirmation(h) == 4 and queue.enqueue_confirmation(h) == 0
+    waiting = h.trials(states=(TrialState.WAITING,))
+    keys = [t.user_attrs[Attr.JOB_KEY] for t in waiting]
+    assert keys == ["confirm|top1|trial=1|seed=10", "confirm|vit-pcm|seed=10", "confirm|top1|trial=1|seed=11",
+                    "confirm|vit-pcm|seed=11"]  # fmt: skip
+    assert {stage_of(k) for k in keys} == {"confirm"} and queue.total(h) == 3 + 4
+    assert all(t.user_attrs[Attr.CONFIG] and t.user_attrs[Attr.DATA] for t in waiting)
+
+
+def test_work_waits_for_other_workers_search_trials_before_confirming(tmp_path, mlflow_db, instant_trials, monkeypatch):
+    h = handle(tmp_path, mlflow_db, search=SEARCH, confirm=CONFIRM)
+    _search_trial(h, 0, TrialState.COMPLETE, 0.4)
+    _search_trial(h, 1, TrialState.COMPLETE, 0.7)
+    _search_trial(h, 2, TrialState.RUNNING)  # another worker's
+    polls = []
+
+    def other_worker_finishes(seconds):
+        polls.append(seconds)
+        h.storage.set_trial_state_values(h.optuna_study.trials[2]._trial_id, TrialState.COMPLETE, [0.5])
+
+    monkeypatch.setattr(worker.time, "sleep", other_worker_finishes)
+    assert worker.work(h) == {"COMPLETE": 4} and len(polls) == 1
+    assert sorted(instant_trials)[0].startswith("confirm|top1|trial=1|")

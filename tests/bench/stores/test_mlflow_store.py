@@ -1,0 +1,58 @@
+"""The MLflow side of a study: one parent run, one-line store errors, quiet MLflow logs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench.stores import Tracker, TrackingStoreError
+from bench.stores.mlflow_store import EXPERIMENT_KIND
+
+
+def test_tracker_opens_one_parent_run_and_tags_the_experiment_kind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first, second = Tracker(uri, "s"), Tracker(uri, "s")
+    assert first.open() == second.open()
+    exp = first.client.get_experiment(first.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == EXPERIMENT_KIND["mlflow.experimentKind"]
+    assert (tmp_path / "mlflow.db.lock").exists()
+    assert first.runs_url("http://127.0.0.1:5000/") == f"http://127.0.0.1:5000/#/experiments/{first.experiment_id}/runs"
+    assert Tracker(uri, "s").experiment_id == first.experiment_id
+    described = Tracker(uri, "d", "max pooling against top-K pooling")
+    assert described.client.get_experiment(described.experiment_id).tags["mlflow.note.content"] == "max pooling against top-K pooling"
+
+
+def test_a_failing_store_is_one_tracking_store_error(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(os.urandom(2048))
+    with pytest.raises(TrackingStoreError) as e:
+        Tracker(f"sqlite:///{bad}", "s").open()
+    e.value.trial = 3
+    assert str(e.value).startswith(f"MLflow store sqlite:///{bad} failed during trial 3: ") and "\n" not in str(e.value)
+    assert str(e.value).endswith("DatabaseError: file is not a database")  # the database's own words, not a wrapper's
+
+
+QUIET_SCRIPT = """
+import logging, sqlite3
+from bench.stores import quiet_mlflow_logs
+quiet_mlflow_logs()
+try:
+    raise sqlite3.OperationalError("attempt to write a readonly database")
+except sqlite3.OperationalError:
+    logging.getLogger("mlflow.store.db.utils").exception("SQLAlchemy database error.\\n[SQL: INSERT INTO metrics]")
+    logging.getLogger("mlflow.tracking.client").warning("first line\\nsecond line", exc_info=True)
+"""
+
+
+def test_mlflow_logs_no_traceback_and_not_the_store_error_the_harness_reports():
+    """MLflow's SQL store logs a database error with its traceback before raising it (seen in CI
+    when the store became read-only mid-trial); the harness reports the raised error as one line."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", QUIET_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("WARNING mlflow.tracking.client: first line"), r.stderr
