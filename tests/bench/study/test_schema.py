@@ -196,3 +196,25 @@ def test_validating_a_study_imports_nothing_heavy():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
     assert "data.root: VOC root" in r.stderr
+
+
+def test_pruner_settings_the_chosen_pruner_ignores_are_refused(tmp_path):
+    from bench.study import StudyError, load_study
+
+    space = {"pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5}}
+    ok = {"variant": "tkp-pcl", "pruner": "median", "pruner_warmup_epochs": 2, "space": space}
+    assert load_study(write_study(tmp_path / "m.yaml", search=ok)).search.pruner_warmup_epochs == 2
+    for pruner in ("hyperband", "none"):
+        bad = {**ok, "pruner": pruner}
+        with pytest.raises(StudyError, match=rf"search.pruner_warmup_epochs: read by the median pruner only, not by pruner '{pruner}'"):
+            load_study(write_study(tmp_path / "h.yaml", search=bad))
+
+
+def test_threads_override_train_num_threads_outside_the_identity(tmp_path):
+    from bench.study import load_study, study_jobs, with_execution_values
+
+    study = load_study(write_study(tmp_path / "s.yaml", {"variants.tkp-pcl": {"train.num_threads": 3}}))
+    two = with_execution_values(study, {"train.num_threads": 1})
+    before, after = study_jobs(study), study_jobs(two)
+    assert [j.config.train.num_threads for j in before] == [2, 3] and [j.config.train.num_threads for j in after] == [1, 1]
+    assert [j.config_hash for j in before] == [j.config_hash for j in after]
