@@ -379,7 +379,7 @@ def _input_error_types() -> tuple[type[Exception], ...]:
     """The exceptions that mean bad input: :class:`StudyError`, and ``DataError`` /
     ``ReportError`` once their (heavy) modules are imported: one never imported was not raised."""
     found: list[type[Exception]] = [StudyError]
-    for module, name in (("tkp_pcl.data", "DataError"), ("bench.report_data", "ReportError"), ("tkp_pcl.weights", "WeightsError")):
+    for module, name in (("tkp_pcl.data", "DataError"), ("bench.report_data", "ReportError"), ("tkp_pcl.model.weights", "WeightsError")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None:
             found.append(cls)

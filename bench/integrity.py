@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 
 from tkp_pcl.config import MethodConfig, with_execution
-from tkp_pcl.train import load_checkpoint
+from tkp_pcl.stage1 import Checkpoint, checkpoint
 
 from .search_protocol import CONFIRM_PREFIX, PROTOCOL_ATTR, confirmation_jobs, protocol_difference, stage_of
 from .study import Job, Study, StudyError, config_hash, first_difference, flatten, job_config_for_search, study_jobs
@@ -29,7 +29,6 @@ from .study import Job, Study, StudyError, config_hash, first_difference, flatte
 CONFIG_ATTR = "config"  # JSON of MethodConfig.model_dump(mode="json")
 HASH_ATTR = "config_hash"  # study.config_hash of it (execution settings left out)
 DATA_ATTR = "data"  # JSON of {"data": the study's data section}
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "generator", "torch_rng", "history_keys", "history")
 
 
 def data_json(study: Study) -> str:
@@ -155,7 +154,7 @@ def _move_aside(path: Path, why: str) -> Path:
     return dest
 
 
-def usable_checkpoint(path: Path, expected_hash: str) -> tuple[dict | None, str | None]:
+def usable_checkpoint(path: Path, expected_hash: str) -> tuple[Checkpoint | None, str | None]:
     """(the checkpoint's state, None) when ``path`` holds a readable checkpoint made with the
     configuration ``expected_hash``; otherwise the file is moved aside (``.corrupt-<time>`` or
     ``.stale-<time>``), a warning naming it goes to stderr, and ``(None, reason)`` is returned,
@@ -164,17 +163,12 @@ def usable_checkpoint(path: Path, expected_hash: str) -> tuple[dict | None, str 
         return None, None
     path = path.resolve()
     try:
-        state = load_checkpoint(path)
-        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-        if missing:
-            raise KeyError(f"missing {', '.join(missing)}")
-    except Exception as e:  # unreadable in any way (torch raises several kinds): start over
-        what = "an empty file" if path.stat().st_size == 0 else f"not a checkpoint ({type(e).__name__})"
-        what = e.args[0] if isinstance(e, KeyError) else what
+        state = checkpoint.load(path)
+    except checkpoint.CheckpointError as e:  # unreadable, empty or incomplete: start over
         dest = _move_aside(path, "corrupt")
-        reason = f"unreadable checkpoint {path}: {what}; moved to {dest.name}"
+        reason = f"unreadable checkpoint {path}: {e.reason}; moved to {dest.name}"
     else:
-        got = (state.get("meta") or {}).get(HASH_ATTR)
+        got = state.config_hash
         if got == expected_hash:
             return state, None
         dest = _move_aside(path, "stale")

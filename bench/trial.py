@@ -23,9 +23,9 @@ from tkp_pcl.config import MethodConfig
 from tkp_pcl.data import Split, Splits, load_splits, seg_train_split_name, unscored
 from tkp_pcl.metrics import miou
 from tkp_pcl.pseudo import make_pseudo_labels
-from tkp_pcl.segment import train_segmentation
+from tkp_pcl.stage2 import Stage2Inputs, train_segmentation
 from tkp_pcl.runtime import distributed
-from tkp_pcl.train import Stage1Result, train_stage1
+from tkp_pcl.stage1 import Stage1Result, checkpoint, train_stage1
 
 from .integrity import CONFIG_ATTR, DATA_ATTR, HASH_ATTR, data_json, run_config, stored_config, usable_checkpoint
 from .search_protocol import (
@@ -177,10 +177,11 @@ def run_stage2(
     param ``segment.train_split``), train the segmentation network on them, score it on val."""
     tracker = ctx.tracker
     label_dir, metrics = stage2_labels(ctx, cfg, stage1, label_root)
+    inputs = Stage2Inputs(ctx.splits.seg_train, label_dir, ctx.splits.val, seed=cfg.train.seed, device=cfg.train.device,
+                          loader_workers=ctx.splits.loader_workers)  # fmt: skip
     seg = train_segmentation(
-        cfg.segment, cfg.model, ctx.splits.seg_train, label_dir, ctx.splits.val,
-        seed=cfg.train.seed, device=cfg.train.device, keep_examples=N_EXAMPLES, progress=False,
-        loader_workers=ctx.splits.loader_workers, on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
+        cfg.segment, cfg.model, inputs, keep_examples=N_EXAMPLES, progress=False,
+        on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
     )  # fmt: skip
     mean, per = miou(seg.conf)
     names = list(ctx.splits.class_names)
@@ -399,9 +400,9 @@ def train_and_score(
     if discarded:
         tracker.set_tags(run_id, {f"bench.checkpoint_discarded{suffix}": discarded})
     if state is not None:  # a dead worker's progress: log what it had, then go on from there
-        for step, row in enumerate(state["history"].tolist()):
-            log(dict(zip(state["history_keys"], row)), step)
-        tracker.set_tags(run_id, {f"bench.resumed_from_epoch{suffix}": len(state["history"])})
+        for step, row in enumerate(state.history):
+            log(row, step)
+        tracker.set_tags(run_id, {f"bench.resumed_from_epoch{suffix}": len(state.history)})
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         log(metrics, epoch)
@@ -416,12 +417,12 @@ def train_and_score(
 
     if ctx.on_progress:
         ctx.on_progress(label, 0, epochs)
-    meta = {HASH_ATTR: chash, "job_key": key, CONFIG_ATTR: cfg.model_dump_json()}
+    meta = checkpoint.make_meta(chash, key, cfg)
     if ctx.before_stage1:
         ctx.before_stage1(cfg, ckpt)
     t0 = time.perf_counter()
     result = train_stage1(cfg, ctx.splits, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=False,
-                          checkpoint_meta=meta)  # fmt: skip
+                          checkpoint_meta=meta, resume=state)  # fmt: skip
     t1 = time.perf_counter()
     pseudo = make_pseudo_labels(
         result.model, ctx.splits.pseudo, cfg.pseudo, result.device, out_dir=label_root,
