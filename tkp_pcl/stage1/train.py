@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..config import MethodConfig, TrainConfig
+from ..config import MethodConfig
 from ..data import Split, Splits
 from ..imaging import resize_image
 from ..metrics import miou
