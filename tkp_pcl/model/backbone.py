@@ -37,14 +37,18 @@ def create_backbone(cfg: ModelConfig, **extra) -> nn.Module:
             **overrides,
             **extra,
         )
-    except RuntimeError as e:
-        if from_hub and ("Hub" in str(e) or "download" in str(e).lower()):
-            raise RuntimeError(
-                f"pretrained weights for {cfg.backbone!r} could not be loaded ({e}); put them in "
-                "the Hugging Face cache (HF_HOME), or a file in model.pretrained_file, or set "
-                "model.pretrained: false"
-            ) from e
-        raise
+    except (OSError, RuntimeError) as e:
+        # offline and uncached, huggingface_hub raises LocalEntryNotFoundError (an OSError); a
+        # failed download surfaces as an OSError or a RuntimeError naming the Hub
+        hub = isinstance(e, OSError) or "Hub" in str(e) or "download" in str(e).lower()
+        if not (from_hub and hub):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise RuntimeError(
+            f"pretrained weights for {cfg.backbone!r} could not be loaded ({type(e).__name__}: {first}); put "
+            "them in the Hugging Face cache (HF_HOME), or a file in model.pretrained_file, or set "
+            "model.pretrained: false"
+        ) from e
     if cfg.pretrained_file is not None:
         load_pretrained_file(model, cfg.pretrained_file)
     return model
