@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import emit, quickstart_job
 from tkp_pcl.model import PatchClassifier
-from tkp_pcl.objective import stage1_loss
+from tkp_pcl.stage1 import stage1_loss
 
 
 def matmul_flops(n: int, k: int, m: int, seconds: float = 2.0) -> float:

@@ -16,7 +16,7 @@ from scipy.ndimage import zoom
 
 from common import emit
 from tkp_pcl.config import CRFConfig
-from tkp_pcl.crf import crf_refine
+from tkp_pcl.pseudo import crf_refine
 from tkp_pcl.data.synthetic import synthetic_split
 
 

@@ -24,8 +24,7 @@ from torch.utils.data import DataLoader
 from common import ROOT, emit, quickstart_job
 from tkp_pcl.data import load_splits
 from tkp_pcl.model import PatchClassifier
-from tkp_pcl.objective import stage1_loss
-from tkp_pcl.train import ImageLabelDataset, monitor_miou
+from tkp_pcl.stage1 import ImageLabelDataset, monitor_miou, stage1_loss
 
 
 def bare_loop(cfg, splits, epochs: int, monitor: bool = False) -> float:
@@ -86,7 +85,7 @@ def per_epoch_bookkeeping(cfg, splits, reps: int = 10) -> dict[str, float]:
 
     from bench.stores import open_storage
     from bench.stores import Tracker
-    from tkp_pcl.train import save_checkpoint
+    from tkp_pcl.stage1.checkpoint import save as save_checkpoint
 
     model = PatchClassifier(cfg.model, splits.train.num_classes)
     opt = torch.optim.AdamW(model.parameters())

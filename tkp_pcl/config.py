@@ -23,6 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
+#: The mark of an execution setting, put on the field where it is declared
+#: (``Field(..., json_schema_extra=EXECUTION)``): how fast and where a configuration runs, not
+#: what it computes. :data:`EXECUTION_KEYS` is derived from these marks.
+EXECUTION = {"execution": True}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -86,7 +91,7 @@ class LossConfig(_Strict):
     ``eq_form``: ``flip`` (each batch and its mirror in one forward, each the other's target) or
     ``vitpcm`` (ViT-PCM's: an eval-mode teacher on view 1, the student on 2x2 mosaics of
     half-size views with their own flips, transpose and patch-aligned crop; see
-    :mod:`tkp_pcl.equivariance`).
+    :mod:`tkp_pcl.stage1.equivariance`).
     """
 
     cls_weight: float = Field(1.0, ge=0)
@@ -130,12 +135,12 @@ class TrainConfig(_Strict):
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
-    amp: bool = False
-    compile: bool = False
-    device: str = "auto"
+    amp: bool = Field(False, json_schema_extra=EXECUTION)
+    compile: bool = Field(False, json_schema_extra=EXECUTION)
+    device: str = Field("auto", json_schema_extra=EXECUTION)
     seed: int = 0
     monitor_images: int = Field(64, ge=0)
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1, json_schema_extra=EXECUTION)
 
     @model_validator(mode="after")
     def _frozen_fewer_than_epochs(self) -> "TrainConfig":
@@ -164,7 +169,7 @@ class PseudoConfig(_Strict):
 
     input_size: int | None = Field(None, ge=16, le=4096)
     crf: CRFConfig = Field(default_factory=CRFConfig)
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, json_schema_extra=EXECUTION)
 
 
 class SegmentConfig(_Strict):
@@ -202,9 +207,9 @@ class SegmentConfig(_Strict):
     scale_min: float = Field(0.75, gt=0)
     scale_max: float = Field(1.25, gt=0)
     use_crf_labels: bool = True
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
+    amp: bool = Field(False, json_schema_extra=EXECUTION)
+    channels_last: bool = Field(False, json_schema_extra=EXECUTION)
+    compile: bool = Field(False, json_schema_extra=EXECUTION)
     eval_scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     eval_flip: bool = False
 
@@ -243,28 +248,6 @@ class MethodConfig(_Strict):
         return self
 
 
-#: Execution settings: how fast and where a configuration runs, not what it computes. They are
-#: left out of a configuration's identity (``bench``'s configuration hash and its comparison of a
-#: study file with a stored study), so a study can be continued on another machine (CPU -> GPU).
-#: Dotted paths into ``MethodConfig`` (and ``data.`` into the data configuration).
-EXECUTION_KEYS: tuple[str, ...] = (
-    "train.device", "train.amp", "train.compile", "train.num_threads",
-    "segment.amp", "segment.channels_last", "segment.compile",
-    "pseudo.workers", "data.loader_workers",
-)  # fmt: skip
-
-
-def with_execution(cfg: MethodConfig, source: MethodConfig) -> MethodConfig:
-    """A copy of ``cfg`` (e.g. a stored configuration) with the execution settings of ``source``
-    (this machine's study file); every other value is ``cfg``'s."""
-    out = cfg.model_copy(deep=True)
-    for dotted in EXECUTION_KEYS:
-        section, _, name = dotted.partition(".")
-        if hasattr(out, section) and name in type(getattr(out, section)).model_fields:
-            setattr(getattr(out, section), name, getattr(getattr(source, section), name))
-    return out
-
-
 class SyntheticDataConfig(_Strict):
     """The procedural scenes of :mod:`tkp_pcl.data.synthetic`."""
 
@@ -299,7 +282,7 @@ class VOCDataConfig(_Strict):
     val_split: str = "val"
     mask_dir: Literal["auto", "SegmentationClass", "SegmentationClassAug"] = "auto"
     max_images: int | None = Field(None, ge=1)
-    loader_workers: int = Field(4, ge=0)
+    loader_workers: int = Field(4, ge=0, json_schema_extra=EXECUTION)
 
 
 class CocoDataConfig(_Strict):
@@ -319,7 +302,43 @@ class CocoDataConfig(_Strict):
     """Stage 2's training images (their pseudo labels); None: the stage-1 ``train_split``."""
     val_split: Literal["train2014", "val2014"] = "val2014"
     max_images: int | None = Field(None, ge=1)
-    loader_workers: int = Field(4, ge=0)
+    loader_workers: int = Field(4, ge=0, json_schema_extra=EXECUTION)
 
 
 DataConfig = Annotated[Union[SyntheticDataConfig, VOCDataConfig, CocoDataConfig], Field(discriminator="kind")]
+
+
+def execution_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of the fields of ``model`` marked :data:`EXECUTION`, in field order, looking
+    into fields that are themselves models (e.g. ``pseudo.crf``)."""
+    paths = []
+    for name, f in model.model_fields.items():
+        if (f.json_schema_extra or {}).get("execution"):
+            paths.append(f"{prefix}{name}")
+        elif isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            paths += execution_paths(f.annotation, f"{prefix}{name}.")
+    return paths
+
+
+#: Execution settings: how fast and where a configuration runs, not what it computes. They are
+#: left out of a configuration's identity (``bench``'s configuration hash and its comparison of a
+#: study file with a stored study), so a study can be continued on another machine (CPU -> GPU).
+#: Dotted paths into ``MethodConfig`` (and ``data.`` into the data configurations), derived from
+#: the :data:`EXECUTION` marks on the fields: a setting marked there is out of the identity.
+EXECUTION_KEYS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [*execution_paths(MethodConfig)]
+        + [p for kind in (SyntheticDataConfig, VOCDataConfig, CocoDataConfig) for p in execution_paths(kind, "data.")]
+    )
+)
+
+
+def with_execution(cfg: MethodConfig, source: MethodConfig) -> MethodConfig:
+    """A copy of ``cfg`` (e.g. a stored configuration) with the execution settings of ``source``
+    (this machine's study file); every other value is ``cfg``'s."""
+    out = cfg.model_copy(deep=True)
+    for dotted in EXECUTION_KEYS:
+        section, _, name = dotted.partition(".")
+        if hasattr(out, section) and name in type(getattr(out, section)).model_fields:
+            setattr(getattr(out, section), name, getattr(getattr(source, section), name))
+    return out

@@ -1,12 +1,22 @@
-"""Where and how a run executes: device, process group, mixed precision, seeds."""
+"""Where and how a run executes: device, process group, mixed precision, seeds, batches, and
+the one optimizer step (with AMP's gradient scaler) both training stages take."""
 
 from __future__ import annotations
 
+import os
 import random
+from typing import Iterable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = [
+    "amp_setup", "distributed", "make_loader", "optimizer_step", "rank_sampler", "resolve_device",
+    "seed_everything", "train_device",
+]  # fmt: skip
 
 
 def distributed() -> tuple[bool, int, int]:
@@ -23,6 +33,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def train_device(name: str) -> torch.device:
+    """``name`` resolved; under DDP on CUDA, this rank's GPU (``LOCAL_RANK``), made current."""
+    device = resolve_device(name)
+    if distributed()[0] and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
+
+
 def amp_setup(enabled: bool, device: torch.device) -> tuple[bool, torch.dtype, torch.amp.GradScaler]:
     """Autocast on CUDA only: bf16 where supported, else fp16 with a GradScaler (a no-op scaler
     otherwise). Returns (use autocast, its dtype, the scaler)."""
@@ -37,3 +56,43 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def rank_sampler(data: Dataset, seed: int) -> DistributedSampler | None:
+    """Under DDP, a shuffling sampler that gives this rank its share of ``data`` (``drop_last``);
+    None otherwise."""
+    is_dist, rank, world = distributed()
+    if not is_dist:
+        return None
+    return DistributedSampler(data, world, rank, shuffle=True, seed=seed, drop_last=True)
+
+
+def make_loader(
+    data: Dataset, batch_size: int, generator: torch.Generator, workers: int, device: torch.device,
+    sampler: DistributedSampler | None = None,
+) -> DataLoader:  # fmt: skip
+    """Shuffled batches of ``data`` (by ``sampler`` when given, e.g. :func:`rank_sampler`); the
+    last partial batch is dropped unless the data holds less than one batch per rank."""
+    world = sampler.num_replicas if sampler is not None else 1
+    return DataLoader(
+        data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=len(data) >= batch_size * world, generator=generator, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+    )  # fmt: skip
+
+
+def optimizer_step(
+    loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    sched: torch.optim.lr_scheduler.LRScheduler, grad_clip: float | None = None,
+    params: Iterable[nn.Parameter] = (),
+) -> None:  # fmt: skip
+    """Backward through ``scaler`` (AMP), clip the gradient norm of ``params`` to ``grad_clip``
+    when set (after unscaling), step the optimizer, the scaler and the lr schedule."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()

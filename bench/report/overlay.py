@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tkp_pcl.palette import colorize
+from tkp_pcl.data import colorize
 
 
 def blend(image: np.ndarray, label: np.ndarray, alpha: float = 0.55) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from tkp_pcl.config import MethodConfig
-from tkp_pcl.train import train_stage1
+from tkp_pcl.stage1 import train_stage1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,8 @@ from tkp_pcl.config import MethodConfig
 from tkp_pcl.data import Split, Splits, seg_train_split_name, unscored
 from tkp_pcl.metrics import miou
 from tkp_pcl.pseudo import make_pseudo_labels
-from tkp_pcl.segment import train_segmentation
-from tkp_pcl.train import Stage1Result, load_checkpoint, train_stage1
+from tkp_pcl.stage1 import Checkpoint, Stage1Result, checkpoint, train_stage1
+from tkp_pcl.stage2 import Stage2Inputs, train_segmentation
 
 from ..records import Attr, Stage, discarded_tag, resumed_tag
 from ..report.overlay import example_rows, overlay_grid, save_png
@@ -35,7 +35,6 @@ from .splits import TuneSplits
 
 N_EXAMPLES = 8
 Progress = Callable[[str, int, int], None]  # (trial label, epochs done, epochs total)
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "generator", "torch_rng", "history_keys", "history")
 
 
 @dataclass
@@ -149,10 +148,11 @@ def run_stage2(
     param ``segment.train_split``), train the segmentation network on them, score it on val."""
     tracker = ctx.tracker
     label_dir, metrics = stage2_labels(ctx, cfg, stage1, label_root)
+    inputs = Stage2Inputs(ctx.splits.seg_train, label_dir, ctx.splits.val, seed=cfg.train.seed, device=cfg.train.device,
+                          loader_workers=ctx.splits.loader_workers)  # fmt: skip
     seg = train_segmentation(
-        cfg.segment, cfg.model, ctx.splits.seg_train, label_dir, ctx.splits.val,
-        seed=cfg.train.seed, device=cfg.train.device, keep_examples=N_EXAMPLES, progress=False,
-        loader_workers=ctx.splits.loader_workers, on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
+        cfg.segment, cfg.model, inputs, keep_examples=N_EXAMPLES, progress=False,
+        on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
     )  # fmt: skip
     mean, per = miou(seg.conf)
     names = list(ctx.splits.class_names)
@@ -190,9 +190,9 @@ def train_and_score(
     if discarded:
         tracker.set_tags(run_id, {discarded_tag(suffix): discarded})
     if state is not None:  # a dead worker's progress: log what it had, then go on from there
-        for step, row in enumerate(state["history"].tolist()):
-            log(dict(zip(state["history_keys"], row)), step)
-        tracker.set_tags(run_id, {resumed_tag(suffix): len(state["history"])})
+        for step, row in enumerate(state.history):
+            log(row, step)
+        tracker.set_tags(run_id, {resumed_tag(suffix): len(state.history)})
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         log(metrics, epoch)
@@ -207,12 +207,12 @@ def train_and_score(
 
     if ctx.on_progress:
         ctx.on_progress(label, 0, epochs)
-    meta = {Attr.CONFIG_HASH: chash, Attr.JOB_KEY: key, Attr.CONFIG: cfg.model_dump_json()}
+    meta = checkpoint.make_meta(chash, key, cfg)
     if ctx.before_stage1:
         ctx.before_stage1(cfg, ckpt)
     t0 = time.perf_counter()
     result = train_stage1(cfg, ctx.splits, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=False,
-                          checkpoint_meta=meta)  # fmt: skip
+                          checkpoint_meta=meta, resume=state)  # fmt: skip
     t1 = time.perf_counter()
     pseudo = make_pseudo_labels(
         result.model, ctx.splits.pseudo, cfg.pseudo, result.device, out_dir=label_root,
@@ -231,7 +231,7 @@ def _move_aside(path: Path, why: str) -> Path:
     return dest
 
 
-def usable_checkpoint(path: Path, expected_hash: str) -> tuple[dict | None, str | None]:
+def usable_checkpoint(path: Path, expected_hash: str) -> tuple[Checkpoint | None, str | None]:
     """(the checkpoint's state, None) when ``path`` holds a readable checkpoint made with the
     configuration ``expected_hash``; otherwise the file is moved aside (``.corrupt-<time>`` or
     ``.stale-<time>``), a warning naming it goes to stderr, and ``(None, reason)`` is returned,
@@ -240,17 +240,12 @@ def usable_checkpoint(path: Path, expected_hash: str) -> tuple[dict | None, str 
         return None, None
     path = path.resolve()
     try:
-        state = load_checkpoint(path)
-        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-        if missing:
-            raise KeyError(f"missing {', '.join(missing)}")
-    except Exception as e:  # unreadable in any way (torch raises several kinds): start over
-        what = "an empty file" if path.stat().st_size == 0 else f"not a checkpoint ({type(e).__name__})"
-        what = e.args[0] if isinstance(e, KeyError) else what
+        state = checkpoint.load(path)
+    except checkpoint.CheckpointError as e:  # unreadable, empty or incomplete: start over
         dest = _move_aside(path, "corrupt")
-        reason = f"unreadable checkpoint {path}: {what}; moved to {dest.name}"
+        reason = f"unreadable checkpoint {path}: {e.reason}; moved to {dest.name}"
     else:
-        got = (state.get("meta") or {}).get(Attr.CONFIG_HASH)
+        got = state.config_hash
         if got == expected_hash:
             return state, None
         dest = _move_aside(path, "stale")

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .coco import CLASS_OF_CATEGORY
-from .voc import DataError
+from .errors import DataError
 
 
 @dataclass

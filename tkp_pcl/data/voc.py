@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..palette import voc_colormap
+from .errors import DataError
+from .palette import voc_colormap
 from .split import Split
 
 VOC_CLASSES = (
@@ -28,10 +29,6 @@ DOWNLOAD_HINT = (
     "download VOCtrainval_11-May-2012.tar (host.robots.ox.ac.uk/pascal/VOC/voc2012) and, for "
     "train_aug, SBD's SegmentationClassAug and train_aug.txt"
 )
-
-
-class DataError(FileNotFoundError):
-    """A data set is missing or malformed; the message names the path."""
 
 
 def _read_mask(path: Path) -> np.ndarray:

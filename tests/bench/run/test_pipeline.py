@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from bench.run.pipeline import usable_checkpoint
-from tkp_pcl.train import save_checkpoint
+from tkp_pcl.stage1 import checkpoint
 
 
 def _checkpoint(path, meta):
     state = {"model": {"w": torch.zeros(2)}, "optimizer": {}, "scheduler": {}, "generator": torch.zeros(3, dtype=torch.uint8),
              "torch_rng": torch.zeros(3, dtype=torch.uint8), "history_keys": ["loss"], "history": torch.zeros(2, 1),
              "meta": meta}  # fmt: skip
-    save_checkpoint(state, path)
+    checkpoint.save(state, path)
 
 
 @pytest.mark.parametrize("content", [os.urandom(4096), b""], ids=["random-bytes", "zero-bytes"])
@@ -33,7 +33,7 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_named(tmp_path, capsys, con
 
 def test_checkpoint_with_missing_keys_or_another_configuration_is_not_resumed(tmp_path, capsys):
     ckpt = tmp_path / "a.ckpt"
-    save_checkpoint({"model": {}}, ckpt)
+    checkpoint.save({"model": {}}, ckpt)
     state, reason = usable_checkpoint(ckpt, "h")
     assert state is None and "missing optimizer, scheduler" in reason and list(tmp_path.glob("a.ckpt.corrupt-*"))
     _checkpoint(ckpt, {"config_hash": "old"})
@@ -41,5 +41,5 @@ def test_checkpoint_with_missing_keys_or_another_configuration_is_not_resumed(tm
     assert state is None and "made with configuration old, not new" in reason and list(tmp_path.glob("a.ckpt.stale-*"))
     _checkpoint(ckpt, {"config_hash": "new"})
     state, reason = usable_checkpoint(ckpt, "new")
-    assert reason is None and state["history"].shape == (2, 1) and ckpt.exists()
+    assert reason is None and len(state.history) == 2 and ckpt.exists()
     assert usable_checkpoint(tmp_path / "none.ckpt", "new") == (None, None)

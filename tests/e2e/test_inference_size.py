@@ -11,8 +11,9 @@ from helpers import write_study
 from tkp_pcl.config import LossConfig, MethodConfig, ModelConfig, PseudoConfig, SyntheticDataConfig, TrainConfig
 from tkp_pcl.data import IGNORE_INDEX, load_splits
 from tkp_pcl.model import PatchClassifier
-from tkp_pcl.pseudo import make_pseudo_labels, predict_class_maps, resize_image
-from tkp_pcl.train import train_stage1
+from tkp_pcl.imaging import resize_image
+from tkp_pcl.pseudo import make_pseudo_labels, predict_class_maps
+from tkp_pcl.stage1 import train_stage1
 
 SMALL = ModelConfig(img_size=48, patch_size=8, depth=2, embed_dim=64, num_heads=2, proj_dim=16)
 

@@ -5,10 +5,9 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from helpers import write_study
 from tkp_pcl.config import ModelConfig
 from tkp_pcl.model import PatchClassifier, check_pretrained_file, create_backbone
-from tkp_pcl.weights import WeightsError
+from tkp_pcl.model import WeightsError
 
 SMALL = ModelConfig(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2, proj_dim=8)
 
@@ -74,14 +73,3 @@ def test_mismatching_files_are_one_line_errors_naming_path_and_key(tmp_path):
             check_pretrained_file(SMALL.model_copy(update={"pretrained_file": str(tmp_path / name)}))
     with pytest.raises(ValidationError, match="pretrained_file must end in .pth, .pt, .safetensors"):
         ModelConfig.model_validate({**SMALL.model_dump(), "pretrained_file": "w.bin"})
-
-
-def test_bench_run_refuses_a_bad_file_before_training(tmp_path, monkeypatch, capsys):
-    from bench.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    study = write_study(tmp_path / "s.yaml", {"base.model.pretrained_file": "weights/absent.safetensors"})
-    assert main(["run", str(study)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "bench: error: weights/absent.safetensors: model.pretrained_file not found"
-    assert not (tmp_path / "mlflow.db").exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .config import WEIGHT_SUFFIXES as SUFFIXES
+from ..config import WEIGHT_SUFFIXES as SUFFIXES
 
 
 class WeightsError(ValueError):

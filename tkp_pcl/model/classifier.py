@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .weights import load_pretrained_file
+from ..config import ModelConfig
+from ..imaging import backbone_mean_std, normalise, num_prefix_tokens, patch_tokens
+from .backbone import create_backbone
 
 
 @dataclass
@@ -66,54 +66,6 @@ class HVBiLSTM(nn.Module):
         return self.out(torch.cat([rows, cols], dim=-1))
 
 
-def create_backbone(cfg: ModelConfig, **extra) -> nn.Module:
-    """A timm ViT without its head; ``None`` fields keep the timm model's own values; ``extra``
-    goes to ``timm.create_model`` (e.g. ``dynamic_img_size=True``).
-
-    Weights: ``cfg.pretrained_file`` when set (it wins over ``cfg.pretrained``; see
-    :func:`tkp_pcl.weights.load_pretrained_file`), else timm's pretrained weights (Hugging Face
-    cache) when ``cfg.pretrained``, else a fresh initialisation.
-    """
-    overrides = {
-        k: v
-        for k, v in dict(
-            patch_size=cfg.patch_size,
-            depth=cfg.depth,
-            embed_dim=cfg.embed_dim,
-            num_heads=cfg.num_heads,
-        ).items()
-        if v is not None
-    }
-    from_hub = cfg.pretrained and cfg.pretrained_file is None
-    try:
-        model = timm.create_model(
-            cfg.backbone,
-            pretrained=from_hub,
-            num_classes=0,
-            img_size=cfg.img_size,
-            **overrides,
-            **extra,
-        )
-    except RuntimeError as e:
-        if from_hub and ("Hub" in str(e) or "download" in str(e).lower()):
-            raise RuntimeError(
-                f"pretrained weights for {cfg.backbone!r} could not be loaded ({e}); put them in "
-                "the Hugging Face cache (HF_HOME), or a file in model.pretrained_file, or set "
-                "model.pretrained: false"
-            ) from e
-        raise
-    if cfg.pretrained_file is not None:
-        load_pretrained_file(model, cfg.pretrained_file)
-    return model
-
-
-def check_pretrained_file(cfg: ModelConfig) -> None:
-    """Build the backbone of ``cfg`` once to check its ``pretrained_file`` (no-op when unset).
-    Raises :class:`tkp_pcl.weights.WeightsError`: a harness can refuse a study before training."""
-    if cfg.pretrained_file is not None:
-        create_backbone(cfg)
-
-
 class PatchClassifier(nn.Module):
     """One model for ViT-PCM, TK only, PCL only and TKP-PCL (the difference is in the losses).
 
@@ -134,16 +86,16 @@ class PatchClassifier(nn.Module):
         dim = self.backbone.num_features
         self.grid: tuple[int, int] = tuple(self.backbone.patch_embed.grid_size)
         self.patch: tuple[int, int] = tuple(self.backbone.patch_embed.patch_size)
-        self.num_prefix = getattr(self.backbone, "num_prefix_tokens", 1)
+        self.num_prefix = num_prefix_tokens(self.backbone)
         self.condition = HVBiLSTM(dim, cfg.lstm_hidden, cfg.lstm_dropout) if cfg.hv_bilstm else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(dim, num_classes, bias=False)
         self.projection = nn.Sequential(
             nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, cfg.proj_dim)
         )
-        pc = self.backbone.pretrained_cfg or {}
-        self.register_buffer("mean", torch.tensor(pc.get("mean", (0.5,) * 3)).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(pc.get("std", (0.5,) * 3)).view(1, 3, 1, 1))
+        mean, std = backbone_mean_std(self.backbone)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def grid_of(self, height: int, width: int) -> tuple[int, int]:
         """The (h, w) patch grid of (H, W) images; ValueError unless both are multiples of the patch."""
@@ -155,10 +107,7 @@ class PatchClassifier(nn.Module):
     def patch_features(self, images: Tensor) -> Tensor:
         """uint8 or [0, 1] float images (B, 3, H, W), H and W multiples of the patch size ->
         patch tokens (B, N, D), N = (H // patch) * (W // patch)."""
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-        x = (x - self.mean) / self.std
-        tokens = self.backbone.forward_features(x)
-        return tokens[:, self.num_prefix :]
+        return patch_tokens(self.backbone, normalise(images, self.mean, self.std))
 
     def forward(self, images: Tensor) -> PatchOutput:
         """Images (B, 3, H, W) -> :class:`PatchOutput` on the (H // patch, W // patch) grid."""

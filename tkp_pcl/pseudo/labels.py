@@ -15,24 +15,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .config import PseudoConfig
+from ..config import PseudoConfig
+from ..data import Split, save_label_png
+from ..imaging import resize_image
+from ..metrics import confusion_matrix
+from ..model import PatchClassifier
+from ..stage1.maps import normalise_class_maps, to_grid
 from .crf import crf_refine
-from .data.split import Split
-from .maps import normalise_class_maps, to_grid
-from .metrics import confusion_matrix
-from .model import PatchClassifier
-from .palette import save_label_png
 
-
-def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> Tensor:
-    """(H, W, 3) uint8 -> (3, h, w) uint8 tensor, (h, w) = ``size`` or (size, size) (bilinear;
-    identity at the same size)."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)  # copies read-only arrays
-    if t.shape[1:] == size:
-        return t
-    x = F.interpolate(t[None].float(), size=size, mode="bilinear", align_corners=False)
-    return x[0].round().clamp(0, 255).to(torch.uint8)
+__all__ = ["PseudoResult", "label_batch", "make_pseudo_labels", "maps_to_labels", "predict_class_maps"]
 
 
 @torch.no_grad()
@@ -104,6 +95,68 @@ def _crf_pool(workers: int) -> ProcessPoolExecutor | None:
     return ProcessPoolExecutor(workers, mp_context=ctx)
 
 
+class _Labeller:
+    """Scores, writes and keeps the pseudo labels of one split, image by image; with the CRF,
+    refines each image in ``pool`` (or in process) while the next batch is predicted."""
+
+    def __init__(self, split: Split, cfg: PseudoConfig, out_dir, keep_examples: int, use_crf: bool, progress: bool):
+        self.split, self.cfg, self.keep, self.use_crf = split, cfg, keep_examples, use_crf
+        c = split.num_classes
+        self.conf = np.zeros((c, c), np.int64)
+        self.conf_crf = np.zeros((c, c), np.int64) if use_crf else None
+        self.dirs = _label_dirs(out_dir, use_crf)
+        self.examples: list[dict[str, np.ndarray]] = []
+        self.all_labels = split.all_labels()
+        self.pool = _crf_pool(cfg.workers) if use_crf else None
+        self.pending: deque[tuple[int, np.ndarray, Future | np.ndarray]] = deque()
+        self.bar = tqdm(total=len(split), desc=f"pseudo labels {split.name}", disable=not progress, leave=False)
+
+    def batch(self, model: PatchClassifier, idx: range, size: int, device) -> None:
+        """Predict, score and write the images ``idx``; queue their CRF jobs."""
+        split, c = self.split, self.split.num_classes
+        imgs = [split.load_image(i) for i in idx]
+        batch = torch.stack([resize_image(im, size) for im in imgs]).to(device)
+        labels = torch.from_numpy(self.all_labels[list(idx)]).to(device)
+        maps = predict_class_maps(model, batch, labels).float().cpu()
+        masks = [split.load_mask(i) for i in idx]
+        probs_all, preds, batch_conf = label_batch(maps, masks, c)
+        self.conf += batch_conf
+        for j, i in enumerate(idx):
+            mask, pred = masks[j], preds[j]
+            if "pseudo" in self.dirs:
+                save_label_png(pred, self.dirs["pseudo"] / f"{split.ids[i]}.png")
+            if i < self.keep:
+                self.examples.append({"image": imgs[j], "mask": mask, "pseudo": pred})
+            if not self.use_crf:
+                self.bar.update(1)
+                continue
+            classes = np.flatnonzero(self.all_labels[i])
+            args = (imgs[j], probs_all[j].numpy()[classes], classes, self.cfg.crf)
+            job = self.pool.submit(_crf_job, *args) if self.pool else _crf_job(*args)
+            self.pending.append((i, mask, job))
+            while len(self.pending) > 4 * self.cfg.workers:
+                self._finish(*self.pending.popleft())
+
+    def _finish(self, i: int, mask: np.ndarray, job) -> None:
+        refined = job.result() if isinstance(job, Future) else job
+        self.conf_crf[:] += confusion_matrix(refined, mask, self.split.num_classes)
+        if "pseudo_crf" in self.dirs:
+            save_label_png(refined, self.dirs["pseudo_crf"] / f"{self.split.ids[i]}.png")
+        if i < self.keep:
+            self.examples[i]["pseudo_crf"] = refined
+        self.bar.update(1)
+
+    def drain(self) -> None:
+        """Wait for every queued CRF job, in order."""
+        while self.pending:
+            self._finish(*self.pending.popleft())
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
 def make_pseudo_labels(
     model: PatchClassifier,
     split: Split,
@@ -129,55 +182,12 @@ def make_pseudo_labels(
     size = cfg.input_size or model.cfg.img_size
     if size % model.patch[0] or size % model.patch[1]:
         raise ValueError(f"pseudo.input_size ({size}) must be a multiple of the patch size ({model.patch[0]})")
-    c = split.num_classes
-    conf = np.zeros((c, c), np.int64)
-    conf_crf = np.zeros((c, c), np.int64) if use_crf else None
-    dirs = _label_dirs(out_dir, use_crf)
-    examples: list[dict[str, np.ndarray]] = []
-    all_labels = split.all_labels()
     model.eval()
-    pool = _crf_pool(cfg.workers) if use_crf else None
-    pending: deque[tuple[int, np.ndarray, Future | np.ndarray]] = deque()
-    bar = tqdm(total=len(split), desc=f"pseudo labels {split.name}", disable=not progress, leave=False)
-
-    def finish(i: int, mask: np.ndarray, job) -> None:
-        refined = job.result() if isinstance(job, Future) else job
-        conf_crf[:] += confusion_matrix(refined, mask, c)
-        if "pseudo_crf" in dirs:
-            save_label_png(refined, dirs["pseudo_crf"] / f"{split.ids[i]}.png")
-        if i < keep_examples:
-            examples[i]["pseudo_crf"] = refined
-        bar.update(1)
-
+    labeller = _Labeller(split, cfg, out_dir, keep_examples, use_crf, progress)
     try:
         for start in range(0, len(split), batch_size):
-            idx = range(start, min(start + batch_size, len(split)))
-            imgs = [split.load_image(i) for i in idx]
-            batch = torch.stack([resize_image(im, size) for im in imgs]).to(device)
-            labels = torch.from_numpy(all_labels[list(idx)]).to(device)
-            maps = predict_class_maps(model, batch, labels).float().cpu()
-            masks = [split.load_mask(i) for i in idx]
-            probs_all, preds, batch_conf = label_batch(maps, masks, c)
-            conf += batch_conf
-            for j, i in enumerate(idx):
-                mask, pred = masks[j], preds[j]
-                if "pseudo" in dirs:
-                    save_label_png(pred, dirs["pseudo"] / f"{split.ids[i]}.png")
-                if i < keep_examples:
-                    examples.append({"image": imgs[j], "mask": mask, "pseudo": pred})
-                if not use_crf:
-                    bar.update(1)
-                    continue
-                classes = np.flatnonzero(all_labels[i])
-                args = (imgs[j], probs_all[j].numpy()[classes], classes, cfg.crf)
-                job = pool.submit(_crf_job, *args) if pool else _crf_job(*args)
-                pending.append((i, mask, job))
-                while len(pending) > 4 * cfg.workers:
-                    finish(*pending.popleft())
-        while pending:
-            finish(*pending.popleft())
+            labeller.batch(model, range(start, min(start + batch_size, len(split))), size, device)
+        labeller.drain()
     finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return PseudoResult(conf, conf_crf, time.perf_counter() - t0, examples)
+        labeller.close()
+    return PseudoResult(labeller.conf, labeller.conf_crf, time.perf_counter() - t0, labeller.examples)

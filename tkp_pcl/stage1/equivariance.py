@@ -5,7 +5,7 @@ cropped (``crops``), resized to half size, and flipped/transposed (``flips2``); 
 one 2x2 mosaic of the full size, which the student predicts. The teacher predicts view 1 (eval
 mode, no gradient). Its maps are moved back to the image's frame (``flips1`` undone), through
 view 2's transform at patch level, label-masked and normalised
-(:func:`tkp_pcl.maps.normalise_class_maps`), and the loss is the per-patch cross-entropy
+(:func:`tkp_pcl.stage1.maps.normalise_class_maps`), and the loss is the per-patch cross-entropy
 against the student's probabilities in the matching mosaic cell.
 """
 
@@ -51,7 +51,7 @@ def mosaic_equivariance_loss(
 
     ``teacher`` (B, N, C) view-1 probabilities (no gradient needed); ``student_mosaics``
     (ceil(B/4), N, C) probabilities of the mosaics (same (h, w) grid, h and w even); ``flips1``,
-    ``flips2`` (B, 3) bool, ``crops`` (B, 3) in patches, as drawn by :mod:`tkp_pcl.augment`.
+    ``flips2`` (B, 3) bool, ``crops`` (B, 3) in patches, as drawn by :mod:`tkp_pcl.stage1.augment`.
     Returns the mean over the B cells' patches of -sum_c target * log(student); cells that pad
     the last mosaic are left out.
     """

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from tkp_pcl.config import ModelConfig, SegmentConfig, SyntheticDataConfig
-from tkp_pcl.data import load_splits
+from tkp_pcl.data import load_splits, save_label_png
 from tkp_pcl.metrics import miou
-from tkp_pcl.palette import save_label_png
-from tkp_pcl.segment import (
-    PseudoLabelDataset, Segmenter, evaluate_segmentation, make_optimizer, predict, train_segmentation,
+from tkp_pcl.model import Segmenter
+from tkp_pcl.stage2 import (
+    PseudoLabelDataset, Stage2Inputs, evaluate_segmentation, make_optimizer, predict, train_segmentation,
 )
 
 SMALL = ModelConfig(img_size=48, patch_size=8, depth=2, embed_dim=64, num_heads=2)
@@ -41,7 +41,7 @@ def test_training_on_labels_beats_an_untrained_network(data):
     cfg = SegmentConfig(enabled=True, epochs=4, batch_size=16, lr=2e-3)
     torch.manual_seed(0)
     untrained = miou(evaluate_segmentation(Segmenter(cfg, SMALL, 7), splits.val, cfg, "cpu")[0])[0]
-    res = train_segmentation(cfg, SMALL, splits.train, labels, splits.val, seed=0, device="cpu", keep_examples=2, progress=False)
+    res = train_segmentation(cfg, SMALL, Stage2Inputs(splits.train, labels, splits.val, device="cpu"), keep_examples=2, progress=False)
     trained = miou(res.conf)[0]
     assert trained > untrained + 0.1, (untrained, trained)
     assert res.history[-1]["seg_loss"] < res.history[0]["seg_loss"]
@@ -63,12 +63,12 @@ def test_channels_last_deeplab_trains_and_compile_matches_eager(data):
     splits, labels = data
     small = splits.train.subset(range(16))
     cfg = SegmentConfig(model="deeplabv3_mobilenet_v3_large", channels_last=True, epochs=1, batch_size=8, crop_size=48)
-    res = train_segmentation(cfg, SMALL, small, labels, splits.val.subset(range(4)), seed=0, device="cpu", progress=False)
+    inputs = Stage2Inputs(small, labels, splits.val.subset(range(4)), device="cpu")
+    res = train_segmentation(cfg, SMALL, inputs, progress=False)
     assert np.isfinite(res.history[0]["seg_loss"]) and res.conf.sum() == 4 * 48 * 48
     vit = SegmentConfig(epochs=1, batch_size=8)
-    eager = train_segmentation(vit, SMALL, small, labels, splits.val.subset(range(4)), seed=0, device="cpu", progress=False)
-    compiled = train_segmentation(vit.model_copy(update={"compile": True}), SMALL, small, labels,
-                                  splits.val.subset(range(4)), seed=0, device="cpu", progress=False)  # fmt: skip
+    eager = train_segmentation(vit, SMALL, inputs, progress=False)
+    compiled = train_segmentation(vit.model_copy(update={"compile": True}), SMALL, inputs, progress=False)
     assert compiled.history[0]["seg_loss"] == pytest.approx(eager.history[0]["seg_loss"], rel=1e-3)
 
 
@@ -129,7 +129,7 @@ def test_sgd_with_a_10x_head_and_deeplabv3_resnet101(data):
     assert predict(model.eval(), np.zeros((37, 53, 3), np.uint8), [1.0], False, "cpu").shape == (5, 37, 53)
     splits, labels = data
     vit = SegmentConfig(optimizer="sgd", lr=0.01, head_lr_mult=10, epochs=1, batch_size=8)
-    res = train_segmentation(vit, SMALL, splits.train.subset(range(16)), labels, splits.val.subset(range(2)),
-                             seed=0, device="cpu", progress=False)  # fmt: skip
+    inputs = Stage2Inputs(splits.train.subset(range(16)), labels, splits.val.subset(range(2)), device="cpu")
+    res = train_segmentation(vit, SMALL, inputs, progress=False)
     assert np.isfinite(res.history[0]["seg_loss"]) and res.conf.sum() == 2 * 48 * 48
     assert make_optimizer(Segmenter(SegmentConfig(), SMALL, 5), SegmentConfig()).__class__ is torch.optim.AdamW

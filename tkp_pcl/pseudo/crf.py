@@ -6,7 +6,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
 
-from .config import CRFConfig
+from ..config import CRFConfig
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFConfig) -> np.ndarray:

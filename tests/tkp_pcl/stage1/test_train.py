@@ -9,7 +9,7 @@ from tkp_pcl.data import load_splits
 from tkp_pcl.metrics import miou
 from tkp_pcl.model import PatchClassifier
 from tkp_pcl.pseudo import make_pseudo_labels
-from tkp_pcl.train import NonFiniteLossError, load_checkpoint, train_stage1
+from tkp_pcl.stage1 import NonFiniteLossError, checkpoint, train_stage1
 
 SMALL = ModelConfig(img_size=48, patch_size=8, depth=2, embed_dim=64, num_heads=2, proj_dim=16)
 
@@ -67,7 +67,7 @@ def test_checkpoint_resume_continues_where_it_stopped(splits, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_stage1(cfg(epochs=2), splits, progress=False, checkpoint_path=ck, on_epoch_end=die_after_first)
     assert ck.is_file() and not (tmp_path / "stage1.ckpt.tmp").exists()
-    assert len(load_checkpoint(ck)["history"]) == 1
+    assert len(checkpoint.load(ck).history) == 1
     epochs_run = []
     resumed = train_stage1(cfg(epochs=2), splits, progress=False, checkpoint_path=ck,
                            on_epoch_end=lambda e, m: epochs_run.append(e))  # fmt: skip
@@ -77,7 +77,7 @@ def test_checkpoint_resume_continues_where_it_stopped(splits, tmp_path):
 
 def test_method_package_imports_no_harness_or_tracker():
     code = (
-        "import sys, tkp_pcl.train, tkp_pcl.pseudo, tkp_pcl.crf, tkp_pcl.data, tkp_pcl.pooling; "
+        "import sys, tkp_pcl.stage1, tkp_pcl.stage2, tkp_pcl.pseudo, tkp_pcl.data, tkp_pcl.model; "
         "bad = [m for m in ('mlflow', 'optuna', 'bench') if m in sys.modules]; print(bad); "
         "sys.exit(1 if bad else 0)"
     )

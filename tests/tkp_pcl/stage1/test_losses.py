@@ -1,8 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from tkp_pcl.losses import equivariance_loss, image_loss, patch_contrastive_error
-from tkp_pcl.maps import flip_patches
+from tkp_pcl.stage1.losses import equivariance_loss, image_loss, patch_contrastive_error
+from tkp_pcl.stage1.maps import flip_patches
 
 
 def clustered(separated: bool, n=64, d=16, seed=0):

@@ -6,9 +6,8 @@ import torch
 from tkp_pcl.config import LossConfig, MethodConfig, ModelConfig, PoolingConfig, SyntheticDataConfig, TrainConfig
 from tkp_pcl.data import load_splits
 from tkp_pcl.model import HVBiLSTM, PatchClassifier
-from tkp_pcl.objective import stage1_loss
-from tkp_pcl.schedule import build_optimizer, phase_of, set_trainable
-from tkp_pcl.train import load_checkpoint, train_stage1
+from tkp_pcl.stage1 import checkpoint, stage1_loss, train_stage1
+from tkp_pcl.stage1.schedule import build_optimizer, phase_of, set_trainable
 
 SMALL = ModelConfig(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, proj_dim=8,
                     hv_bilstm=True, lstm_hidden=8, lstm_dropout=0.2)  # fmt: skip
@@ -114,7 +113,7 @@ def test_frozen_parameters_stay_bit_identical_and_resume_continues(splits, tmp_p
         torch.manual_seed(0)
         train_stage1(vitpcm_cfg(), splits, progress=False, checkpoint_path=ck, on_epoch_end=die_after_first,
                      model=PatchClassifier(SMALL, splits.train.num_classes))  # fmt: skip
-    assert len(load_checkpoint(ck)["history"]) == 1
+    assert len(checkpoint.load(ck).history) == 1
     torch.manual_seed(0)
     resumed = train_stage1(vitpcm_cfg(), splits, progress=False, checkpoint_path=ck,
                            model=PatchClassifier(SMALL, splits.train.num_classes))  # fmt: skip

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tkp_pcl.pooling import POOLINGS, pool, resolve_k
+from tkp_pcl.stage1.pooling import POOLINGS, pool, resolve_k
 
 
 def scores(b=2, n=10, c=3, seed=0):

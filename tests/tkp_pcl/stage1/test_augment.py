@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tkp_pcl.augment import (
+from tkp_pcl.stage1.augment import (
     apply_flips, color_jitter, crop_patches, crop_resize, draw_crops, invert_flips, mosaic, unmosaic, view2,
 )  # fmt: skip
-from tkp_pcl.equivariance import mosaic_equivariance_loss, move_maps, teacher_targets
-from tkp_pcl.maps import to_grid
+from tkp_pcl.stage1.equivariance import mosaic_equivariance_loss, move_maps, teacher_targets
+from tkp_pcl.stage1.maps import to_grid
 
 P, H = 4, 4  # patch size (px) and patch-grid side: 16 px images, 2x2-patch mosaic cells
 

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from ..config import TrainConfig
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

@@ -1,0 +1,43 @@
+"""Execution settings are marked where they are declared; the identity of a configuration is
+every other field."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from bench.study import config_hash
+from tkp_pcl.config import EXECUTION, EXECUTION_KEYS, MethodConfig, execution_paths, with_execution
+
+#: The list that was written out by hand before the marks.
+LISTED = (
+    "train.device", "train.amp", "train.compile", "train.num_threads",
+    "segment.amp", "segment.channels_last", "segment.compile",
+    "pseudo.workers", "data.loader_workers",
+)  # fmt: skip
+
+
+def test_derived_execution_keys_are_the_listed_ones():
+    assert sorted(EXECUTION_KEYS) == sorted(LISTED) and len(set(EXECUTION_KEYS)) == len(EXECUTION_KEYS)
+
+
+def test_a_marked_field_is_an_execution_setting_and_an_unmarked_one_is_not():
+    class Inner(BaseModel):
+        speed: int = Field(1, json_schema_extra=EXECUTION)
+        rate: float = 0.1
+
+    class Outer(BaseModel):
+        inner: Inner = Field(default_factory=Inner)
+        kind: Literal["a", "b"] = "a"
+        workers: int = Field(2, json_schema_extra=EXECUTION)
+
+    assert execution_paths(Outer) == ["inner.speed", "workers"]
+
+
+def test_only_unmarked_fields_change_the_identity():
+    base = MethodConfig()
+    assert "train.lr" not in EXECUTION_KEYS
+    assert config_hash(base.model_copy(update={"train": base.train.model_copy(update={"lr": 0.5})})) != config_hash(base)
+    fast = MethodConfig.model_validate({"train": {"device": "cpu", "amp": True, "num_threads": 3}, "pseudo": {"workers": 5}})
+    assert config_hash(fast) == config_hash(base)
+    moved = with_execution(base, fast)
+    assert moved.train.num_threads == 3 and moved.pseudo.workers == 5 and moved.train.lr == base.train.lr
