@@ -132,7 +132,7 @@ def cmd_run(args) -> int:
     if args.workers < 1:
         return _err("--workers must be >= 1")
     if args.dry_run:
-        return dry_run(study)
+        return dry_run(study, tracking_uri)
     console = Console(stderr=True)
     h = start(study, args.study, storage_url, tracking_uri, create=True)
     try:
@@ -192,10 +192,13 @@ def _summary(h, console, complete: bool) -> int:
     return 0
 
 
-def dry_run(study: Study) -> int:
+def dry_run(study: Study, tracking_uri: str) -> int:
+    """The study's trials (or search plan), and for a study that already has finished runs, what
+    its seeds can detect in each comparison with the baseline."""
     from rich.console import Console
     from rich.table import Table
 
+    from .stores import store_exists
     from .study.plan import plan
 
     title, columns, rows = plan(study)
@@ -204,7 +207,14 @@ def dry_run(study: Study) -> int:
         table.add_column(col)
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if store_exists(tracking_uri):
+        from .report import power_advice
+
+        baseline = study.confirm.baseline if study.confirm else DEFAULT_BASELINE
+        for line in power_advice(tracking_uri, study.name, baseline):
+            console.print(f"- {line}", highlight=False, soft_wrap=True)
     return 0
 
 

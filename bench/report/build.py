@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import plots
 from .blocks import Alert, Block, Bullets, Figure, Heading, Paragraph, Table, render_html, render_markdown, write_tables
+from .power import clause
 from .protocol_card import protocol_card, protocol_sentence
 from .runs import METRIC_LABELS, ReportError, finished, load_runs, metric_histories, per_class_iou, status_table
 from .search_sections import SearchInfo, Section, confirmation_section, is_staged, search_only_study, search_section, stage_runs
@@ -58,7 +59,8 @@ def main_table(s: pd.DataFrame, status: pd.DataFrame) -> tuple[pd.DataFrame, pd.
 
 
 def claims(s: pd.DataFrame, baseline: str | None) -> list[str]:
-    """One sentence per variant and metric that differs from the baseline: checkable results."""
+    """One sentence per variant and metric that differs from the baseline: checkable results,
+    each with what its seeds can detect and how many seeds the observed difference needs."""
     out = []
     for group, row in s.iterrows():
         for m in s.attrs["metrics"]:
@@ -69,9 +71,10 @@ def claims(s: pd.DataFrame, baseline: str | None) -> list[str]:
             pv = pv if pv.startswith("<") else f"= {pv}"
             kind = CI_NAMES.get(row.get(f"{m}_ci_kind"), "CI")
             ci = "" if math.isnan(row[f"{m}_ci_low"]) else f", 95% {kind} [{100 * row[f'{m}_ci_low']:+.1f}, {100 * row[f'{m}_ci_high']:+.1f}]"
+            n = int(row[f"{m}_pairs"])
             out.append(
                 f"{group} vs {baseline}: {METRIC_LABELS[m]} {100 * d:+.1f} points{ci}; paired t-test over "
-                f"{int(row[f'{m}_pairs'])} seeds, p {pv}."
+                f"{n} seeds, p {pv}. Power: {clause(n, d, row.get(f'{m}_diff_sd', float('nan')))}."
             )
     return out
 
@@ -107,7 +110,9 @@ def _main_section(df, s, status, base, study_name: str, pdir: Path, title: str =
         blocks.append(Paragraph(f"Δ: paired difference to {base} over shared seeds, in points, with a 95% CI: the paired "
                                 f"t-interval below {T_INTERVAL_BELOW} seed pairs (it agrees with the t-test), the percentile "
                                 f"bootstrap (scipy.stats.bootstrap) from {T_INTERVAL_BELOW} on; each claim below names the one "
-                                "shown. p: two-sided paired t-test (scipy.stats.ttest_rel)."))  # fmt: skip
+                                "shown. p: two-sided paired t-test (scipy.stats.ttest_rel). Power: of that test at α = 0.05, "
+                                "from the spread of the paired differences (statsmodels TTestPower): the smallest difference "
+                                "the study's seeds detect 80% of the time, and the seeds the observed difference needs."))  # fmt: skip
         if items := claims(s, base):
             blocks.append(Bullets(tuple(items)))
     blocks.append(Figure(plots.variants_plot(df, s.attrs["metrics"], pdir / "variants.png"), "Each dot a seed; diamonds: mean ± std."))
@@ -251,3 +256,16 @@ def _protocol_section(df: pd.DataFrame, baseline: str | None) -> list[Block]:
     text = (protocol_sentence(card, baseline) + " Values are the runs' resolved configurations; "
             "'differs' names the variants that depart from the published value.")  # fmt: skip
     return [Heading("Protocol"), Paragraph(text), Table(card, "Protocol: this study vs ViT-PCM's published one", name="protocol")]
+
+
+def power_advice(uri: str, study_name: str, baseline: str) -> list[str]:
+    """The claims (with their power clauses) of a study that already has finished runs; [] when
+    it has none (for ``bench run --dry-run``)."""
+    try:
+        runs = load_runs(uri, study_name)
+    except ReportError:
+        return []
+    df = stage_runs(runs, "confirm") if is_staged(runs) else runs
+    if finished(df).empty or baseline not in set(df["variant"]):
+        return []
+    return claims(summary(df, baseline), baseline)

@@ -28,6 +28,7 @@ class Comparison:
     ci_high: float
     p: float
     ci_kind: str | None = None
+    sd: float = float("nan")  # sample std of the paired differences (2+ pairs)
 
 
 def paired(df: pd.DataFrame, group: str, baseline: str, metric: str) -> Comparison | None:
@@ -56,7 +57,8 @@ def paired(df: pd.DataFrame, group: str, baseline: str, metric: str) -> Comparis
             ci = stats.bootstrap((d.to_numpy(),), np.mean, n_resamples=5000, method="percentile", random_state=0).confidence_interval
             kind = "bootstrap"
         lo, hi = float(ci.low), float(ci.high)
-    return Comparison(group, metric, len(d), float(d.mean()), lo, hi, p, kind)
+    sd = float(d.std(ddof=1)) if len(d) >= 2 else float("nan")
+    return Comparison(group, metric, len(d), float(d.mean()), lo, hi, p, kind, sd)
 
 
 CI_NAMES = {"t": "paired t-interval", "bootstrap": "percentile bootstrap CI"}
@@ -80,7 +82,7 @@ def summary(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
                 c = paired(df, group, base_group, m)
                 if c is not None:
                     row.update({f"{m}_diff": c.diff, f"{m}_ci_low": c.ci_low, f"{m}_ci_high": c.ci_high,
-                                f"{m}_p": c.p, f"{m}_pairs": c.n, f"{m}_ci_kind": c.ci_kind})  # fmt: skip
+                                f"{m}_p": c.p, f"{m}_pairs": c.n, f"{m}_ci_kind": c.ci_kind, f"{m}_diff_sd": c.sd})  # fmt: skip
         rows.append(row)
     out = pd.DataFrame(rows).set_index("group")
     out.attrs["metrics"] = metrics

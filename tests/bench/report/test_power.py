@@ -1,0 +1,47 @@
+"""The power of the report's paired t-test, checked against the noncentral t distribution."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats
+
+from bench.report.power import ALPHA, MAX_SEEDS, POWER, clause, power
+
+
+def t_power(effect: float, n: int) -> float:
+    """Power of the two-sided one-sample t-test on n differences at standardised effect ``effect``:
+    P(|T| > t_crit) with T ~ noncentral t(df = n - 1, nc = effect * sqrt(n))."""
+    df, nc = n - 1, effect * math.sqrt(n)
+    crit = stats.t.ppf(1 - ALPHA / 2, df)
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+
+def test_detectable_difference_has_the_stated_power_at_the_study_seeds():
+    p = power(3, 0.227, 0.114)
+    assert t_power(p.detectable / 0.114, 3) == pytest.approx(POWER, abs=1e-4)
+    assert p.detectable == pytest.approx(0.372, abs=1e-3)  # 3.264 standard deviations at 3 pairs
+
+
+def test_seeds_needed_is_the_smallest_count_with_the_stated_power():
+    p = power(3, 0.227, 0.114)
+    effect = 0.227 / 0.114
+    assert p.needed == 5 and t_power(effect, 5) >= POWER > t_power(effect, 4)
+    assert power(3, -0.227, 0.114).needed == 5  # the sign does not matter
+    big = power(3, 0.9, 0.1)
+    assert big.needed == 2 and "(the study has enough)" in clause(3, 0.9, 0.1)
+
+
+def test_too_small_a_difference_and_degenerate_inputs_are_said_so():
+    tiny = power(3, 0.001, 0.114)
+    assert tiny.needed is None and t_power(0.001 / 0.114, MAX_SEEDS) < POWER
+    assert f"more than {MAX_SEEDS}" in clause(3, 0.001, 0.114)
+    assert power(1, 0.2, float("nan")) is None and "one seed pair" in clause(1, 0.2, float("nan"))
+    assert power(3, 0.2, 0.0) is None and "do not vary" in clause(3, 0.2, 0.0)
+
+
+def test_the_clause_quotes_the_numbers_in_points():
+    text = clause(3, 0.227, 0.114)
+    assert text == ("the paired differences vary with sd 11.4 points; with 3 seeds a paired t-test (α = 0.05) "
+                    "detects 37.2 points with 80% power; detecting the observed +22.7 points with 80% power takes 5 seeds")  # fmt: skip
