@@ -65,8 +65,7 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+_NUMBER = frozenset({int, float})
 
 
 def check_out_dir(out: str | Path) -> Path:
@@ -154,7 +153,7 @@ def check_segmentation(seg, h: int, w: int) -> str | None:
     Polygons of fewer than 3 points are not wrong (they are skipped)."""
     if isinstance(seg, list):
         for k, poly in enumerate(seg):
-            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+            if not isinstance(poly, list) or not all(type(v) in _NUMBER for v in poly):  # bool is not a number
                 return (f"segmentation[{k}] is not a polygon (a list of x, y numbers); segmentation is a list of "
                         "polygons or an RLE {counts, size}")  # fmt: skip
         return None
