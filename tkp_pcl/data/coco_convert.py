@@ -345,9 +345,10 @@ def write_coco_masks(
     if message:
         (warn or (lambda m: print(f"warning: {m}", file=sys.stderr)))(message)
     summary = CocoMaskSummary(0, 0, 0)
+    target = out.resolve()  # `--out .` names a folder too
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     except OSError as e:
         raise DataError(
             f"--out {out}: cannot create a folder in {out.parent} ({e.strerror or e}; name a writable folder)"
@@ -365,7 +366,7 @@ def write_coco_masks(
             Image.fromarray(mask).save(tmp / f"{Path(img['file_name']).stem}.png")
             summary.written += 1
         tmp.chmod(0o777 & ~_umask())
-        summary.replaced = _swap_in(tmp, out)
+        summary.replaced = _swap_in(tmp, target)
     except OSError as e:
         raise DataError(f"--out {out}: cannot write the masks ({e.strerror or e}); nothing was changed there") from None
     finally:
