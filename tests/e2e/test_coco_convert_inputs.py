@@ -56,13 +56,13 @@ def box_only() -> dict:
     return js
 
 
-def string_ids(images_only: bool) -> dict:
+def string_ids(images_only: bool, prefix: str = "") -> dict:
     js = copy.deepcopy(BASE)
     for x in js["images"]:
-        x["id"] = str(x["id"])
+        x["id"] = f"{prefix}{x['id']}"
     if not images_only:
         for a in js["annotations"]:
-            a["image_id"] = str(a["image_id"])
+            a["image_id"] = f"{prefix}{a['image_id']}"
     return js
 
 
@@ -181,7 +181,7 @@ def test_polygons_of_fewer_than_3_points_are_skipped_and_counted(segmentation, t
 
 
 def test_string_image_ids_are_accepted(tmp_path):
-    res = coco(tmp_path, string_ids(images_only=False), "--min-side", "1")
+    res = coco(tmp_path, string_ids(images_only=False, prefix="img-"), "--min-side", "1")  # was "0 masks written"
     assert res.returncode == 0 and "2 masks written" in res.stdout, res.stdout + res.stderr
     assert masks(tmp_path / "masks") == [MASK1, MASK2]
 
