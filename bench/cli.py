@@ -301,9 +301,12 @@ def cmd_ui(args) -> int:
 def cmd_data(args) -> int:
     from tkp_pcl.data.coco_convert import write_coco_masks
 
-    s = write_coco_masks(args.instances, args.out, min_side=args.min_side)
-    print(f"{s.written} masks written to {args.out}; left out: {s.too_small} smaller than {args.min_side} px "
-          f"on a side, {s.empty} without object pixels")  # fmt: skip
+    s = write_coco_masks(args.instances, args.out, min_side=args.min_side,
+                         warn=lambda m: print(f"bench: warning: {m}", file=sys.stderr))  # fmt: skip
+    replaced = f" (replacing the {s.replaced} masks it held)" if s.replaced else ""
+    print(f"{s.written} masks written to {args.out}{replaced}; left out: {s.too_small} smaller than "
+          f"{args.min_side} px on a side, {s.empty} without object pixels; skipped: {s.short_polygons} "
+          "polygons of fewer than 3 points (they cover no pixel)")  # fmt: skip
     return 0
 
 
