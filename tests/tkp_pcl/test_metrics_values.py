@@ -81,3 +81,16 @@ def test_miou_absent_classes_and_all_absent():
     mean, per_class = miou(np.zeros((2, 2)))
     assert np.isnan(mean) and np.isnan(per_class).all()
     assert isinstance(miou(np.eye(2))[0], float)
+
+
+def test_tensors_in_a_graph_and_absent_classes_raise_no_warning():
+    import warnings
+
+    t = torch.tensor([0.0, 1.0, 1.0], requires_grad=True)  # e.g. a float map still in a graph
+    p = torch.tensor([0.0, 1.0, 0.0], requires_grad=True)
+    assert confusion_matrix(p, t, 3).tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0/0 for an absent class and the empty mean are expected
+        mean, per_class = miou(np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]]))
+        assert np.isnan(per_class[2]) and mean == pytest.approx((0.5 + 0.5) / 2)
+        assert np.isnan(miou(np.zeros((2, 2), dtype=np.int64))[0])
