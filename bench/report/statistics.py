@@ -13,6 +13,7 @@ from scipy import stats
 from .runs import METRICS, finished
 
 T_INTERVAL_BELOW = 8  # fewer paired seeds than this: the paired t-interval, else the bootstrap
+SAME_DIFFERENCE = 1e-12  # paired differences whose spread is below this are equal (float rounding)
 
 
 @dataclass
@@ -48,7 +49,9 @@ def paired(df: pd.DataFrame, group: str, baseline: str, metric: str) -> Comparis
         return None
     lo = hi = p = float("nan")
     kind = None
-    if len(d) >= 2 and d.std() > 0:
+    # identical differences (0.55 - 0.5 and 0.45 - 0.4 differ by 1e-17) have no test: a t-test on
+    # the rounding would report p = 1e-31
+    if len(d) >= 2 and d.max() - d.min() > SAME_DIFFERENCE:
         test = stats.ttest_rel(a[d.index], b[d.index])
         p = float(test.pvalue)
         if len(d) < T_INTERVAL_BELOW:
