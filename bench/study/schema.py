@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from tkp_pcl.config import DataConfig, MethodConfig
+from tkp_pcl.config import DataConfig, MethodConfig, Seed
 
 from .errors import StudyError
 from .jobs import study_jobs
@@ -31,7 +31,9 @@ def _unique_seeds(v: list[int] | None) -> list[int] | None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors, and so are ``inf`` and ``nan`` (stored as JSON, they would not read back)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _RangeParam(_Strict):
@@ -89,7 +91,7 @@ class ConfirmConfig(_Strict):
     trained with every one of ``seeds`` and scored on the report split like grid jobs."""
 
     top_n: int = Field(1, ge=1)
-    seeds: list[int] = Field(min_length=2)
+    seeds: list[Seed] = Field(min_length=2)
     _seeds_unique = field_validator("seeds")(_unique_seeds)
     baseline: str
 
@@ -132,13 +134,13 @@ class SearchConfig(_Strict):
     """Median pruner only: trials that finish before any is pruned."""
     metric: str = "pseudo_miou"
     direction: Literal["maximize", "minimize"] = "maximize"
-    seed: int = 0
+    seed: Seed = 0
     """Three uses, each explicit: the sampler's seed; which images form the tune split when
     ``tune`` takes a ``count`` or ``fraction`` of a file data set; and the default of ``seeds``."""
     space: dict[str, SearchParam] = Field(min_length=1)
     tune: TuneConfig | None = None
     """The images the search scores; None: the report's own images (an optimistic search)."""
-    seeds: list[int] | None = Field(None, min_length=1)
+    seeds: list[Seed] | None = Field(None, min_length=1)
     """Training seeds of every sampled configuration; the objective is their mean (default ``[seed]``)."""
     _seeds_unique = field_validator("seeds")(_unique_seeds)
 
@@ -178,7 +180,7 @@ class Study(_Strict):
     data: DataConfig
     base: dict[str, Any] = Field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     _seeds_unique = field_validator("seeds")(_unique_seeds)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     search: SearchConfig | None = None
@@ -272,8 +274,9 @@ def _check_search(study: Study) -> None:
     variant_config(study, variant)
     base = merge(study.base, study.variants[variant])
     for path, spec in s.space.items():
-        probe = spec.choices[0] if isinstance(spec, CategoricalParam) else spec.low
-        validate_method(merge(base, {path: probe}, "search.space"), "search.space")
+        probes = spec.choices if isinstance(spec, CategoricalParam) else [spec.low, spec.high]
+        for probe in probes:  # every value the sampler may return is a valid configuration at its ends
+            validate_method(merge(base, {path: probe}, "search.space"), "search.space")
         if path not in flatten(MethodConfig().model_dump()):
             raise StudyError(f"search.space.{path}: not a configuration value")
 
