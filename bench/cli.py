@@ -18,6 +18,7 @@ from .records import Attr
 from .study import (  # pydantic + PyYAML only: a bad file fails fast
     Study, StudyError, check_data_root, input_error_types, load_study, with_execution_values,
 )  # fmt: skip
+from .study.resolve import quote
 from .study.urls import check_mlflow_uri, check_optuna_storage
 
 EXIT_FAILED_TRIALS = 1
@@ -93,7 +94,7 @@ def _check_urls(args) -> None:
             try:
                 check(value)
             except ValueError as e:
-                raise StudyError(f"{source}: {e} (got {value!r})") from None
+                raise StudyError(f"{source}: {e} (got {quote(value)})") from None
 
 
 def validate_inputs(args) -> Study | None:

@@ -36,6 +36,12 @@ Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 MAX_EPOCHS = 10_000
 
 
+def _quote(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error never prints a whole input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class _Strict(BaseModel):
     """Unknown keys are errors, and so are ``inf`` and ``nan`` (a configuration is stored as JSON,
     which has neither: it must read back as it was written)."""
@@ -82,7 +88,7 @@ class ModelConfig(_Strict):
                 f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})"
             )
         if self.pretrained_file is not None and not self.pretrained_file.lower().endswith(WEIGHT_SUFFIXES):
-            raise ValueError(f"pretrained_file must end in {', '.join(WEIGHT_SUFFIXES)} (got {self.pretrained_file!r})")
+            raise ValueError(f"pretrained_file must end in {', '.join(WEIGHT_SUFFIXES)} (got {_quote(self.pretrained_file)})")
         return self
 
 

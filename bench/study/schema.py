@@ -18,7 +18,7 @@ from tkp_pcl.config import DataConfig, MethodConfig, Seed
 
 from .errors import StudyError
 from .jobs import study_jobs
-from .resolve import flatten, format_error, merge, search_variant, validate_method, variant_config
+from .resolve import flatten, format_error, merge, quote, search_variant, validate_method, variant_config
 from .urls import check_mlflow_uri, check_optuna_storage
 from .yaml_file import YamlFileError, read_yaml
 
@@ -105,7 +105,7 @@ def _check_protocol(study: "Study") -> None:
         if s.tune is None:
             raise StudyError("confirm: needs search.tune (the images the search scores, kept out of the report)")
         if c.baseline not in study.variants:
-            raise StudyError(f"confirm.baseline: {c.baseline!r} is not a variant; variants: {', '.join(study.variants)}")
+            raise StudyError(f"confirm.baseline: {quote(c.baseline)} is not a variant; variants: {', '.join(study.variants)}")
         clash = [f"{search_variant(study)}-top{r}" for r in range(1, c.top_n + 1)]
         clash = [label for label in clash if label in study.variants]
         if clash:
@@ -200,7 +200,7 @@ class Study(_Strict):
     def _variant_names(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name in v:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-                raise ValueError(f"variant name {name!r} must be letters, digits, '_', '-' or '.'")
+                raise ValueError(f"variant name {quote(name)} must be letters, digits, '_', '-' or '.'")
         return v
 
 
@@ -247,9 +247,9 @@ def check_stage2_overlap(study: Study) -> None:
         return
     common = sorted(set(train) & set(val))
     if common:
-        key = "data.seg_train_split" + ("" if data.seg_train_split else f" (= data.train_split {name!r})")
+        key = "data.seg_train_split" + ("" if data.seg_train_split else f" (= data.train_split {quote(name)})")
         raise StudyError(
-            f"{key}: {len(common)} images also in data.val_split {data.val_split!r} (e.g. {common[0]}); "
+            f"{key}: {len(common)} images also in data.val_split {quote(data.val_split)} (e.g. {common[0]}); "
             "stage 2 must not train on the images it is scored on: set data.seg_train_split to another split"
         )
 
@@ -270,7 +270,7 @@ def _check_search(study: Study) -> None:
                 raise StudyError(f"search.{key}: read by the median pruner only, not by pruner {s.pruner!r}; remove it")
     variant = s.variant or next(iter(study.variants))
     if variant not in study.variants:
-        raise StudyError(f"search.variant: {variant!r} is not a variant; variants: {', '.join(study.variants)}")
+        raise StudyError(f"search.variant: {quote(variant)} is not a variant; variants: {', '.join(study.variants)}")
     variant_config(study, variant)
     base = merge(study.base, study.variants[variant])
     for path, spec in s.space.items():

@@ -265,3 +265,20 @@ def test_threads_override_train_num_threads_outside_the_identity(tmp_path):
     before, after = study_jobs(study), study_jobs(two)
     assert [j.config.train.num_threads for j in before] == [2, 3] and [j.config.train.num_threads for j in after] == [1, 1]
     assert [j.config_hash for j in before] == [j.config_hash for j in after]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"variants": {"vit-pcm": {}, "a b" * 5000: {}}},
+        {"base.model.pretrained_file": "x" * 10_000},
+        {"variants.tkp-pcl": {"train.lr.x": 0.1}, "base.train": {"lr": 0.1, "x" * 10_000: 1}},
+        {"search": {"variant": "v" * 10_000, "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1}}}},
+        {"description": list(range(100_000))},
+    ],
+    ids=["variant_name", "pretrained_file", "unknown_key", "search_variant", "description"],
+)
+def test_an_error_quotes_a_long_value_cut(tmp_path, monkeypatch, capsys, changes):
+    """One line, and a short one: a value an error quotes is cut to 80 characters."""
+    err = run_bad(tmp_path, monkeypatch, capsys, write_study(tmp_path / "bad.yaml", changes))
+    assert len(err) < 600 and "characters)" in err, err
