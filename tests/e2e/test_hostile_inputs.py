@@ -42,3 +42,36 @@ def test_report_out_a_file_is_one_line_exit_2(tmp_path, out, message):
     line = one_line(bench(tmp_path, "report", str(SMOKE), "--out", out), 2)
     assert message in line, line
     assert (tmp_path / "afile").read_text() == "keep me\n"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2.5 MB tmpfs (root only): room for the stores, not for a second stage-1 checkpoint."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_disk_full_while_a_checkpoint_is_written_names_the_checkpoint(small_disk):
+    """Before: 'MLflow store ... failed: RuntimeError: basic_ios::clear' (the store's root cause
+    was looked for in the trial's error), and a half-written .tmp filled the disk. Now the
+    checkpoint's path and the OS error come first, exit 1; with room again the study completes."""
+    (small_disk / "smoke.yaml").write_text(SMOKE.read_text())
+    r = bench(small_disk, "run", "smoke.yaml", timeout=300)
+    err = " ".join(r.stderr.split())  # rich wraps the summary at 80 columns
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "basic_ios" not in err and "unexpected pos" not in err, err
+    assert "CheckpointWriteError: checkpoint .bench/smoke/checkpoints/" in err and "cannot write (No space left on device)" in err, err
+    if "MLflow store" in err:
+        assert err.index("CheckpointWriteError") < err.index("MLflow store"), err
+    assert not list(small_disk.glob(".bench/**/*.tmp"))
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    r = bench(small_disk, "run", "smoke.yaml", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
