@@ -18,6 +18,7 @@ from .records import Attr
 from .study import (  # pydantic + PyYAML only: a bad file fails fast
     Study, StudyError, check_data_root, input_error_types, load_study, with_execution_values,
 )  # fmt: skip
+from .study.resolve import quote
 from .study.urls import check_mlflow_uri, check_optuna_storage
 
 EXIT_FAILED_TRIALS = 1
@@ -93,7 +94,7 @@ def _check_urls(args) -> None:
             try:
                 check(value)
             except ValueError as e:
-                raise StudyError(f"{source}: {e} (got {value!r})") from None
+                raise StudyError(f"{source}: {e} (got {quote(value)})") from None
 
 
 def validate_inputs(args) -> Study | None:
@@ -280,7 +281,19 @@ def cmd_report(args) -> int:
     baseline = args.baseline or (study.confirm.baseline if study and study.confirm else DEFAULT_BASELINE)
     search = SearchInfo.from_study(study) if study is not None and study.search is not None else None
     out = Path(args.out) if args.out else Path("reports") / name
-    path = build(name, uri, out, expected_seeds=expected, baseline=baseline, optuna_study=ostudy, search=search)
+    for above in (out, *out.parents):  # the first part of --out that exists must be a folder
+        if above.exists() or above.is_symlink():
+            if not above.is_dir():
+                what = "is a file" if above == out else f"is under {above}, a file"
+                raise ReportError(f"--out {out}: {what}, not a folder; give a folder for report.md, tables/ and plots/")
+            break
+    from .stores import TrackingStoreError
+
+    try:
+        path = build(name, uri, out, expected_seeds=expected, baseline=baseline, optuna_study=ostudy, search=search)
+    except TrackingStoreError as e:  # a damaged store: a fault, not bad input
+        print(f"bench: error: {e}", file=sys.stderr)
+        return EXIT_FAILED_TRIALS
     print(f"report written: {path} and {path.with_suffix('.html')} (tables/, plots/ beside them)")
     return 0
 

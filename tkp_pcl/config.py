@@ -29,8 +29,24 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 EXECUTION = {"execution": True}
 
 
+#: What torch's and numpy's generators take as a seed: ``0 <= seed < 2**32``.
+SEED_MAX = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+#: The most epochs a configuration may train: far past any real schedule, short of one that never ends.
+MAX_EPOCHS = 10_000
+
+
+def _quote(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error never prints a whole input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors, and so are ``inf`` and ``nan`` (a configuration is stored as JSON,
+    which has neither: it must read back as it was written)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -72,7 +88,7 @@ class ModelConfig(_Strict):
                 f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})"
             )
         if self.pretrained_file is not None and not self.pretrained_file.lower().endswith(WEIGHT_SUFFIXES):
-            raise ValueError(f"pretrained_file must end in {', '.join(WEIGHT_SUFFIXES)} (got {self.pretrained_file!r})")
+            raise ValueError(f"pretrained_file must end in {', '.join(WEIGHT_SUFFIXES)} (got {_quote(self.pretrained_file)})")
         return self
 
 
@@ -116,7 +132,7 @@ class TrainConfig(_Strict):
     (CUDA only: bf16, or fp16 with a GradScaler) and ``compile`` (``torch.compile`` of the
     training forward) change speed, not the method."""
 
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -138,7 +154,7 @@ class TrainConfig(_Strict):
     amp: bool = Field(False, json_schema_extra=EXECUTION)
     compile: bool = Field(False, json_schema_extra=EXECUTION)
     device: str = Field("auto", json_schema_extra=EXECUTION)
-    seed: int = 0
+    seed: Seed = 0
     monitor_images: int = Field(64, ge=0)
     num_threads: int | None = Field(None, ge=1, json_schema_extra=EXECUTION)
 
@@ -194,7 +210,7 @@ class SegmentConfig(_Strict):
         "vit_decoder"
     )
     pretrained_backbone: bool = False
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(16, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
@@ -252,7 +268,7 @@ class SyntheticDataConfig(_Strict):
     """The procedural scenes of :mod:`tkp_pcl.data.synthetic`."""
 
     kind: Literal["synthetic"] = "synthetic"
-    seed: int = 0
+    seed: Seed = 0
     n_train: int = Field(512, ge=1)
     n_val: int = Field(128, ge=1)
     size: int = Field(64, ge=16, le=1024)

@@ -47,14 +47,23 @@ def load_runs(uri: str, study: str) -> pd.DataFrame:
     """The study's trial runs, all statuses, one row each, with ``variant``, ``seed``, ``group``
     (variant plus grid point), ``state`` (FINISHED, FAILED, PRUNED, RUNNING) and the grid axes as
     columns ``grid.<path>``."""
-    with tracking_uri(uri):
-        exp = mlflow.get_experiment_by_name(study)
-        if exp is None:
-            raise ReportError(f"no study {study!r} in the MLflow store {uri} (run `bench run` first, or pass --tracking-uri)")
-        df = mlflow.search_runs(
-            experiment_ids=[exp.experiment_id], filter_string=f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}'",
-            max_results=100_000, order_by=["attributes.start_time ASC"],
-        )  # fmt: skip
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..stores import TrackingStoreError
+
+    try:
+        with tracking_uri(uri):
+            exp = mlflow.get_experiment_by_name(study)
+            if exp is None:
+                raise ReportError(f"no study {study!r} in the MLflow store {uri} (run `bench run` first, or pass --tracking-uri)")
+            df = mlflow.search_runs(
+                experiment_ids=[exp.experiment_id], filter_string=f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}'",
+                max_results=100_000, order_by=["attributes.start_time ASC"],
+            )  # fmt: skip
+    except (mlflow.exceptions.MlflowException, SQLAlchemyError) as e:  # a damaged or foreign database file
+        cause = e.__cause__ or e
+        first = (str(getattr(cause, "orig", None) or cause).strip().splitlines() or [""])[0][:200]
+        raise TrackingStoreError(uri, f"cannot be read ({type(getattr(cause, 'orig', None) or cause).__name__}: {first})") from e
     if df.empty:
         raise ReportError(f"study {study!r} has no trial runs in {uri}")
     df = df.rename(columns={f"tags.{Tag.VARIANT}": "variant"})

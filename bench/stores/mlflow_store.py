@@ -10,6 +10,7 @@ import functools
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,10 +40,18 @@ class TrackingStoreError(RuntimeError):
     def __init__(self, uri: str, detail: str, trial: int | None = None):
         super().__init__(uri, detail)
         self.uri, self.detail, self.trial = uri, detail, trial
+        self.first: BaseException | None = None
+        """What failed first: the error being handled (e.g. a trial's, being recorded) when the store failed."""
 
     def __str__(self) -> str:
         during = f" during trial {self.trial}" if self.trial is not None else ""
-        return f"MLflow store {self.uri} failed{during}: {self.detail}"
+        store = f"MLflow store {self.uri} failed{during}: {self.detail}"
+        if self.first is None or isinstance(self.first, TrackingStoreError):
+            return store
+        if not isinstance(self.first, Exception):  # an interrupt being recorded
+            return f"interrupted; then, recording it, {store}"
+        first = (str(self.first).strip().splitlines() or [""])[0][:300]
+        return f"{type(self.first).__name__}: {first}; then, recording it, {store}"
 
 
 class _OneLineRecords:
@@ -71,13 +80,17 @@ def quiet_mlflow_logs() -> None:
                 handler.addFilter(_OneLineRecords())
 
 
-def _root_cause(e: BaseException) -> BaseException:
-    """The innermost exception of ``e``'s chain (SQLAlchemy and MLflow wrap the database's own)."""
+def _root_cause(e: BaseException, outside: BaseException | None = None) -> BaseException:
+    """The innermost exception of ``e``'s chain (SQLAlchemy and MLflow wrap the database's own),
+    not walking into ``outside`` (the exception being handled when the store was called, e.g. a
+    trial's own error that ``TrialLifecycle.__exit__`` records: it is no cause of the store's)."""
     seen = {id(e)}
-    while (inner := e.__cause__ or e.__context__) is not None and id(inner) not in seen:
+    while True:
+        inner = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+        if inner is None or inner is outside or id(inner) in seen:
+            return e
         seen.add(id(inner))
         e = inner
-    return e
 
 
 def _store_call(method):
@@ -85,14 +98,17 @@ def _store_call(method):
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        in_flight = sys.exc_info()[1]  # what the caller is handling (a trial's error being recorded), if anything
         try:
             return method(self, *args, **kwargs)
         except TrackingStoreError:
             raise
         except Exception as e:
-            cause = _root_cause(e)
+            cause = _root_cause(e, outside=in_flight)
             first = (str(cause).strip().splitlines() or [""])[0][:200]
-            raise TrackingStoreError(self.uri, f"{type(cause).__name__}: {first}") from e
+            err = TrackingStoreError(self.uri, f"{type(cause).__name__}: {first}")
+            err.first = in_flight
+            raise err from e
 
     return wrapper
 

@@ -39,7 +39,7 @@ def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     for p in parents:
         nxt = d.setdefault(p, {})
         if not isinstance(nxt, dict):
-            raise StudyError(f"{dotted}: {p!r} is a value, not a section")
+            raise StudyError(f"{dotted}: {quote(p)} is a value, not a section")
         d = nxt
     d[leaf] = value
 
@@ -73,12 +73,17 @@ def quote(value: Any) -> str:
     return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED]}... ({len(text)} characters)"
 
 
+def cut(text: str) -> str:
+    """``text`` (a key of the file, in a YAML path) cut to :data:`MAX_QUOTED` characters."""
+    return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED]}... ({len(text)} characters)"
+
+
 def format_error(err: dict[str, Any], prefix: str) -> str:
     """One pydantic error -> ``prefix.loc: message`` (one line)."""
     loc = tuple(p for p in err["loc"] if not str(p).startswith(("function-after", "tagged-union")))
     if len(loc) > 1 and loc[0] == "data" and loc[1] in DATA_KINDS:  # the union's tag, not a key
         loc = (loc[0], *loc[2:])
-    path = ".".join(str(p) for p in (prefix, *loc) if p != "")
+    path = ".".join(cut(str(p)) for p in (prefix, *loc) if p != "")
     if err["type"] == "extra_forbidden":
         allowed = _allowed_at(loc) if prefix != "" else []
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from tkp_pcl.config import DataConfig, MethodConfig
+from tkp_pcl.config import DataConfig, MethodConfig, Seed
 
 from .errors import StudyError
 from .jobs import study_jobs
-from .resolve import flatten, format_error, merge, search_variant, validate_method, variant_config
+from .resolve import flatten, format_error, merge, quote, search_variant, validate_method, variant_config
 from .urls import check_mlflow_uri, check_optuna_storage
 from .yaml_file import YamlFileError, read_yaml
 
@@ -31,7 +31,9 @@ def _unique_seeds(v: list[int] | None) -> list[int] | None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors, and so are ``inf`` and ``nan`` (stored as JSON, they would not read back)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _RangeParam(_Strict):
@@ -89,7 +91,7 @@ class ConfirmConfig(_Strict):
     trained with every one of ``seeds`` and scored on the report split like grid jobs."""
 
     top_n: int = Field(1, ge=1)
-    seeds: list[int] = Field(min_length=2)
+    seeds: list[Seed] = Field(min_length=2)
     _seeds_unique = field_validator("seeds")(_unique_seeds)
     baseline: str
 
@@ -103,7 +105,7 @@ def _check_protocol(study: "Study") -> None:
         if s.tune is None:
             raise StudyError("confirm: needs search.tune (the images the search scores, kept out of the report)")
         if c.baseline not in study.variants:
-            raise StudyError(f"confirm.baseline: {c.baseline!r} is not a variant; variants: {', '.join(study.variants)}")
+            raise StudyError(f"confirm.baseline: {quote(c.baseline)} is not a variant; variants: {', '.join(study.variants)}")
         clash = [f"{search_variant(study)}-top{r}" for r in range(1, c.top_n + 1)]
         clash = [label for label in clash if label in study.variants]
         if clash:
@@ -132,13 +134,13 @@ class SearchConfig(_Strict):
     """Median pruner only: trials that finish before any is pruned."""
     metric: str = "pseudo_miou"
     direction: Literal["maximize", "minimize"] = "maximize"
-    seed: int = 0
+    seed: Seed = 0
     """Three uses, each explicit: the sampler's seed; which images form the tune split when
     ``tune`` takes a ``count`` or ``fraction`` of a file data set; and the default of ``seeds``."""
     space: dict[str, SearchParam] = Field(min_length=1)
     tune: TuneConfig | None = None
     """The images the search scores; None: the report's own images (an optimistic search)."""
-    seeds: list[int] | None = Field(None, min_length=1)
+    seeds: list[Seed] | None = Field(None, min_length=1)
     """Training seeds of every sampled configuration; the objective is their mean (default ``[seed]``)."""
     _seeds_unique = field_validator("seeds")(_unique_seeds)
 
@@ -178,7 +180,7 @@ class Study(_Strict):
     data: DataConfig
     base: dict[str, Any] = Field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     _seeds_unique = field_validator("seeds")(_unique_seeds)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     search: SearchConfig | None = None
@@ -198,7 +200,7 @@ class Study(_Strict):
     def _variant_names(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name in v:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-                raise ValueError(f"variant name {name!r} must be letters, digits, '_', '-' or '.'")
+                raise ValueError(f"variant name {quote(name)} must be letters, digits, '_', '-' or '.'")
         return v
 
 
@@ -245,9 +247,9 @@ def check_stage2_overlap(study: Study) -> None:
         return
     common = sorted(set(train) & set(val))
     if common:
-        key = "data.seg_train_split" + ("" if data.seg_train_split else f" (= data.train_split {name!r})")
+        key = "data.seg_train_split" + ("" if data.seg_train_split else f" (= data.train_split {quote(name)})")
         raise StudyError(
-            f"{key}: {len(common)} images also in data.val_split {data.val_split!r} (e.g. {common[0]}); "
+            f"{key}: {len(common)} images also in data.val_split {quote(data.val_split)} (e.g. {common[0]}); "
             "stage 2 must not train on the images it is scored on: set data.seg_train_split to another split"
         )
 
@@ -268,12 +270,13 @@ def _check_search(study: Study) -> None:
                 raise StudyError(f"search.{key}: read by the median pruner only, not by pruner {s.pruner!r}; remove it")
     variant = s.variant or next(iter(study.variants))
     if variant not in study.variants:
-        raise StudyError(f"search.variant: {variant!r} is not a variant; variants: {', '.join(study.variants)}")
+        raise StudyError(f"search.variant: {quote(variant)} is not a variant; variants: {', '.join(study.variants)}")
     variant_config(study, variant)
     base = merge(study.base, study.variants[variant])
     for path, spec in s.space.items():
-        probe = spec.choices[0] if isinstance(spec, CategoricalParam) else spec.low
-        validate_method(merge(base, {path: probe}, "search.space"), "search.space")
+        probes = spec.choices if isinstance(spec, CategoricalParam) else [spec.low, spec.high]
+        for probe in probes:  # every value the sampler may return is a valid configuration at its ends
+            validate_method(merge(base, {path: probe}, "search.space"), "search.space")
         if path not in flatten(MethodConfig().model_dump()):
             raise StudyError(f"search.space.{path}: not a configuration value")
 

@@ -41,3 +41,45 @@ def test_only_unmarked_fields_change_the_identity():
     assert config_hash(fast) == config_hash(base)
     moved = with_execution(base, fast)
     assert moved.train.num_threads == 3 and moved.pseudo.workers == 5 and moved.train.lr == base.train.lr
+
+
+def _float_fields(model: type[BaseModel], prefix: str = ""):
+    """(dotted path, model, name) of every float field under ``model``."""
+    for name, f in model.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            yield from _float_fields(f.annotation, f"{prefix}{name}.")
+        elif "float" in str(f.annotation):
+            yield f"{prefix}{name}", model, name
+
+
+def test_non_finite_numbers_are_refused_everywhere():
+    """A configuration is stored as JSON, which writes inf and nan as null: neither may get in."""
+    import pytest
+    from pydantic import ValidationError
+
+    from tkp_pcl.config import CocoDataConfig, SyntheticDataConfig, VOCDataConfig
+
+    fields = [*_float_fields(MethodConfig), *_float_fields(SyntheticDataConfig, "data.")]
+    assert len(fields) > 30 and "train.lr" in [p for p, _, _ in fields]
+    for _path, model, name in fields:
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            value = [1.0, bad] if "list" in str(model.model_fields[name].annotation) else bad
+            with pytest.raises(ValidationError, match="finite number"):
+                model.model_validate({name: value})
+    for model in (MethodConfig, SyntheticDataConfig, VOCDataConfig, CocoDataConfig):
+        assert model.model_config["allow_inf_nan"] is False
+
+
+def test_seeds_and_epochs_are_bounded():
+    import pytest
+    from pydantic import ValidationError
+
+    from tkp_pcl.config import SEED_MAX, SyntheticDataConfig
+
+    assert MethodConfig.model_validate({"train": {"seed": SEED_MAX}}).train.seed == 2**32 - 1
+    for bad in ({"train": {"seed": 2**32}}, {"train": {"seed": -1}}, {"train": {"epochs": 10**12}},
+                {"segment": {"epochs": 10_001}}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            MethodConfig.model_validate(bad)
+    with pytest.raises(ValidationError):
+        SyntheticDataConfig(seed=10**20)

@@ -20,7 +20,8 @@ from torch import nn
 from ..config import MethodConfig
 
 __all__ = [
-    "KEYS", "META_CONFIG", "META_HASH", "META_JOB", "Checkpoint", "CheckpointError", "load", "make_meta", "save",
+    "KEYS", "META_CONFIG", "META_HASH", "META_JOB", "Checkpoint", "CheckpointError", "CheckpointWriteError", "load",
+    "make_meta", "save",
     "state_of", "validate",
 ]  # fmt: skip
 
@@ -36,6 +37,20 @@ class CheckpointError(ValueError):
     def __init__(self, path: str | Path, reason: str):
         super().__init__(f"checkpoint {path}: {reason}")
         self.path, self.reason = Path(path), reason
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a folder that is not writable); the
+    message names the path and the operating system's error. Nothing is left half-written."""
+
+    def __init__(self, path: str | Path, cause: BaseException):
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause).strip()
+        reason = (reason.splitlines() or [type(cause).__name__])[0][:200]
+        super().__init__(getattr(cause, "errno", None), reason)
+        self.path, self.reason = Path(path), reason
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.path}: cannot write ({self.reason})"
 
 
 def make_meta(config_hash: str, job_key: str, config: MethodConfig) -> dict[str, str]:
@@ -95,12 +110,43 @@ def state_of(
 
 
 def save(state: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to a temporary file, then an atomic rename: never a half-written file."""
+    """``torch.save`` to a temporary file, then an atomic rename: never a half-written file.
+    A failing write (e.g. a full disk) is a :class:`CheckpointWriteError` naming ``path``; the
+    temporary file is removed and a checkpoint already there is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    writer = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            writer = _Writer(f)
+            torch.save(state, writer)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        cause = writer.error if writer is not None and writer.error is not None else e
+        raise CheckpointWriteError(path, cause) from e
+
+
+class _Writer:
+    """A file for ``torch.save`` that keeps the first OS error of a write: torch reports it as
+    'unexpected pos' or 'basic_ios::clear', without the operating system's words (ENOSPC)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def validate(state: Any, path: str | Path) -> Checkpoint:

@@ -56,3 +56,36 @@ def test_mlflow_logs_no_traceback_and_not_the_store_error_the_harness_reports():
     assert r.returncode == 0, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith("WARNING mlflow.tracking.client: first line"), r.stderr
+
+
+def test_a_store_failing_while_a_trial_error_is_recorded_names_the_trial_error_first(tmp_path):
+    """Disk full while a checkpoint was written: the trial failed, then the store failed while
+    TrialLifecycle recorded it. The store's root cause used to be found by following the implicit
+    __context__ into the trial's error ('MLflow store ... failed: RuntimeError: basic_ios::clear')."""
+    import sqlite3
+
+    from bench.stores.mlflow_store import _store_call
+
+    class Store:
+        uri = "sqlite:///x.db"
+
+        @_store_call
+        def set_tags(self):
+            try:
+                raise sqlite3.OperationalError("database or disk is full")
+            except sqlite3.OperationalError as e:
+                raise RuntimeError("SQL store wrapper") from e
+
+    trial_error = OSError(28, "No space left on device")
+    try:
+        raise trial_error
+    except OSError:
+        with pytest.raises(TrackingStoreError) as e:
+            Store().set_tags()
+    assert e.value.detail == "OperationalError: database or disk is full"  # the store's own cause
+    assert e.value.first is trial_error
+    assert str(e.value) == ("OSError: [Errno 28] No space left on device; then, recording it, "
+                            "MLflow store sqlite:///x.db failed: OperationalError: database or disk is full")  # fmt: skip
+    with pytest.raises(TrackingStoreError) as e:  # outside any handler: the store's error alone
+        Store().set_tags()
+    assert str(e.value) == "MLflow store sqlite:///x.db failed: OperationalError: database or disk is full"

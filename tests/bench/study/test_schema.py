@@ -24,6 +24,26 @@ CASES = [
     ({"search": {"space": {"pooling.k_ratio": {"type": "float", "low": 0.5, "high": 0.1}}}}, "search.space.pooling.k_ratio"),
     ({"search": {"space": {"pooling.nope": {"type": "float", "low": 0.1, "high": 0.5}}}}, "search.space.pooling.nope"),
     ({"search": {"variant": "ghost", "space": {"pooling.k_ratio": {"type": "float", "low": 0.1, "high": 0.5}}}}, "search.variant: 'ghost' is not a variant"),
+    # non-finite numbers: JSON (a stored configuration) has neither inf nor nan
+    ({"base.train.lr": float("inf")}, "base.train.lr: Input should be a finite number (got inf)"),
+    ({"base.train.lr": float("nan")}, "base.train.lr: Input should be a finite number (got nan)"),
+    ({"variants.tkp-pcl": {"loss.pce_weight": float("inf")}}, "variants.tkp-pcl.loss.pce_weight: Input should be a finite number (got inf)"),
+    ({"base.segment.eval_scales": [1.0, float("inf")]}, "base.segment.eval_scales.1: Input should be a finite number (got inf)"),
+    ({"data.max_size": float("inf")}, "data.max_size: Input should be a finite number (got inf)"),
+    ({"grid": {"train.lr": [0.1, float("-inf")]}}, "grid.train.lr: Input should be a finite number (got -inf)"),
+    ({"search": {"space": {"train.lr": {"type": "float", "low": 0.001, "high": float("inf")}}}}, "search.space.train.lr.high: Input should be a finite number (got inf)"),
+    ({"search": {"space": {"train.lr": {"type": "categorical", "choices": [0.1, float("nan")]}}}}, "search.space.train.lr: Input should be a finite number (got nan)"),
+    ({"search": {"space": {"pooling.k_ratio": {"type": "float", "low": 0.5, "high": 1.5}}}}, "search.space.pooling.k_ratio: Input should be less than or equal to 1 (got 1.5)"),
+    # seeds: what torch's and numpy's generators take (0 <= seed < 2**32)
+    ({"seeds": [100000000000000000000]}, "seeds.0: Input should be less than or equal to 4294967295 (got 100000000000000000000)"),
+    ({"data.seed": -1}, "data.seed: Input should be greater than or equal to 0 (got -1)"),
+    ({"base.train.seed": 2**32}, "base.train.seed: Input should be less than or equal to 4294967295"),
+    ({"search": {"seed": 2**32, "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1}}}}, "search.seed: Input should be less than or equal to 4294967295"),
+    ({"search": {"seeds": [0, 2**64], "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1}}}}, "search.seeds.1: Input should be less than or equal to 4294967295"),
+    ({"confirm": {"seeds": [0, -5], "baseline": "vit-pcm"}}, "confirm.seeds.1: Input should be greater than or equal to 0"),
+    # epochs: a plausible bound, not a run that never ends
+    ({"base.train.epochs": 1e12}, "base.train.epochs: Input should be less than or equal to 10000 (got 1000000000000.0)"),
+    ({"base.segment.epochs": 20000}, "base.segment.epochs: Input should be less than or equal to 10000 (got 20000)"),
 ]
 
 
@@ -85,6 +105,25 @@ def test_shipped_studies_are_valid():
     assert counts["voc2012"] == 4 and counts["coco2014"] == 4
 
 
+def test_stored_configurations_read_back_equal():
+    """What a trial stores (``model_dump_json``) reads back as the same configuration, for every
+    job of every shipped study and the searched and confirmed configurations."""
+    from bench.study import load_study, search_config, study_jobs, variant_config
+    from tkp_pcl.config import MethodConfig
+
+    configs = []
+    for path in sorted(SMOKE.parent.glob("*.yaml")):
+        study = load_study(path)
+        configs += [job.config for job in study_jobs(study)]
+        configs += [variant_config(study, v) for v in study.variants]
+        if study.search is not None:
+            low = {p: s.choices[-1] if hasattr(s, "choices") else s.low for p, s in study.search.space.items()}
+            configs.append(search_config(study, low))
+    assert len(configs) > 80
+    for cfg in configs:
+        assert MethodConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
 def test_voc2012_study_without_the_data_names_the_missing_path(tmp_path, monkeypatch, capsys):
     err = run_bad(tmp_path, monkeypatch, capsys, SMOKE.parent / "voc2012.yaml")
     assert "voc2012.yaml: data.root: VOC root data/VOCdevkit/VOC2012 does not exist" in err and "VOCtrainval_11-May-2012.tar" in err
@@ -117,6 +156,14 @@ BAD_FILES = {
     "voc_root": (_yaml({"data": {"kind": "voc", "root": "no/VOC2012"}}), ": data.root: VOC root no/VOC2012 does not exist; download"),
     "search_path": (_yaml({"search": {"space": {"train.bogus": {"type": "float", "low": 0.1, "high": 0.5}}}}),
                     ": search.space.train.bogus: unknown key; allowed: "),  # fmt: skip
+    "lr_inf": (SMOKE_TEXT.replace("lr: 0.002, monitor", "lr: .inf, monitor").encode(),
+               ": base.train.lr: Input should be a finite number (got inf)"),  # fmt: skip
+    "pce_weight_nan": (SMOKE_TEXT.replace("loss.pce_weight: 0.0}", "loss.pce_weight: .nan}").encode(),
+                       ": variants.vit-pcm.loss.pce_weight: Input should be a finite number (got nan)"),  # fmt: skip
+    "seed_overflow": (SMOKE_TEXT.replace("seeds: [0]", "seeds: [100000000000000000000]").encode(),
+                      ": seeds.0: Input should be less than or equal to 4294967295 (got 100000000000000000000)"),  # fmt: skip
+    "epochs_1e12": (SMOKE_TEXT.replace("train: {epochs: 2,", "train: {epochs: 1.0e+12,").encode(),
+                    ": base.train.epochs: Input should be less than or equal to 10000"),  # fmt: skip
     "variant_dotted": (_yaml({"variants": {"vit-pcm": {}, "tkp-pcl": {"train.lr.x": 0.1}}}),
                        ": variants.tkp-pcl.train.lr.x: 'lr' is a value, not a section"),  # fmt: skip
 }
@@ -218,3 +265,20 @@ def test_threads_override_train_num_threads_outside_the_identity(tmp_path):
     before, after = study_jobs(study), study_jobs(two)
     assert [j.config.train.num_threads for j in before] == [2, 3] and [j.config.train.num_threads for j in after] == [1, 1]
     assert [j.config_hash for j in before] == [j.config_hash for j in after]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"variants": {"vit-pcm": {}, "a b" * 5000: {}}},
+        {"base.model.pretrained_file": "x" * 10_000},
+        {"variants.tkp-pcl": {"train.lr.x": 0.1}, "base.train": {"lr": 0.1, "x" * 10_000: 1}},
+        {"search": {"variant": "v" * 10_000, "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1}}}},
+        {"description": list(range(100_000))},
+    ],
+    ids=["variant_name", "pretrained_file", "unknown_key", "search_variant", "description"],
+)
+def test_an_error_quotes_a_long_value_cut(tmp_path, monkeypatch, capsys, changes):
+    """One line, and a short one: a value an error quotes is cut to 80 characters."""
+    err = run_bad(tmp_path, monkeypatch, capsys, write_study(tmp_path / "bad.yaml", changes))
+    assert len(err) < 600 and "characters)" in err, err

@@ -73,3 +73,18 @@ def test_mismatching_files_are_one_line_errors_naming_path_and_key(tmp_path):
             check_pretrained_file(SMALL.model_copy(update={"pretrained_file": str(tmp_path / name)}))
     with pytest.raises(ValidationError, match="pretrained_file must end in .pth, .pt, .safetensors"):
         ModelConfig.model_validate({**SMALL.model_dump(), "pretrained_file": "w.bin"})
+
+
+@pytest.mark.parametrize("text", [b"epochs: 2\n", b"hello world\n", b"}\n", b"(\n", b"\x80\x02}q\x00.", b""])
+def test_a_file_that_is_not_a_pickle_is_a_weights_error(tmp_path, text):
+    """A text file named .pth made torch.load raise KeyError (an unknown opcode: 101 for 'e')."""
+    (tmp_path / "notes.pth").write_bytes(text)
+    with pytest.raises(WeightsError, match="notes.pth: not (a readable state dict|a state dict)") as e:
+        check_pretrained_file(SMALL.model_copy(update={"pretrained_file": str(tmp_path / "notes.pth")}))
+    assert "\n" not in str(e.value)
+
+
+def test_a_directory_is_not_called_missing(tmp_path):
+    (tmp_path / "weights.pth").mkdir()
+    with pytest.raises(WeightsError, match="weights.pth: model.pretrained_file is a directory, not a weights file"):
+        check_pretrained_file(SMALL.model_copy(update={"pretrained_file": str(tmp_path / "weights.pth")}))

@@ -44,3 +44,45 @@ def test_resume_from_a_loaded_checkpoint_reads_no_file(tmp_path):
     ck.unlink()
     resumed = train_stage1(cfg, splits, progress=False, resume=state)
     assert len(resumed.history) == 2 and resumed.history[1]["loss"] == full[1]["loss"]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root; skipped otherwise)."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_a_typed_error_naming_the_path_and_leaves_the_old_checkpoint(full_disk):
+    """Before: RuntimeError 'basic_ios::clear: iostream error', no path, a half-written .tmp left."""
+    from tkp_pcl.stage1.checkpoint import CheckpointWriteError
+
+    path = full_disk / "run" / "stage1.ckpt"
+    checkpoint.save({"w": torch.zeros(1000)}, path)
+    with pytest.raises(CheckpointWriteError) as info:
+        checkpoint.save({"w": torch.zeros(1_000_000)}, path)  # 4 MB on a 1 MiB disk
+    assert str(info.value) == f"checkpoint {path}: cannot write (No space left on device)"
+    assert isinstance(info.value, OSError) and info.value.errno == 28
+    assert sorted(p.name for p in path.parent.iterdir()) == ["stage1.ckpt"]
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(1000))
+
+
+def test_a_folder_that_cannot_hold_it_is_a_typed_error(tmp_path):
+    from tkp_pcl.stage1.checkpoint import CheckpointWriteError
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointWriteError, match=r"checkpoint .*afile/c.ckpt: cannot write \((Not a directory|File exists)\)"):
+        checkpoint.save({"w": torch.zeros(1)}, tmp_path / "afile" / "c.ckpt")
+    (tmp_path / "c.ckpt.tmp").mkdir()  # where the temporary file goes
+    with pytest.raises(CheckpointWriteError, match=r"c.ckpt: cannot write \(Is a directory\)"):
+        checkpoint.save({"w": torch.zeros(1)}, tmp_path / "c.ckpt")
