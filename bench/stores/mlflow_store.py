@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from ..records import ROLE_STUDY, ROLE_TRIAL, Tag
+from .errors import TrackingStoreError
 from .file_lock import file_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -30,19 +31,6 @@ MAX_BATCH = 900
 #: MLflow 3's UI shows an experiment with this tag value as a training experiment (runs table),
 #: not as a GenAI one (traces overview).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-class TrackingStoreError(RuntimeError):
-    """The MLflow store failed (unreachable, unwritable, corrupt); ``str()`` is one line, naming
-    the store and, once :class:`bench.run.trial.TrialLifecycle` has set it, the trial."""
-
-    def __init__(self, uri: str, detail: str, trial: int | None = None):
-        super().__init__(uri, detail)
-        self.uri, self.detail, self.trial = uri, detail, trial
-
-    def __str__(self) -> str:
-        during = f" during trial {self.trial}" if self.trial is not None else ""
-        return f"MLflow store {self.uri} failed{during}: {self.detail}"
 
 
 class _OneLineRecords:
@@ -283,6 +271,21 @@ class Tracker:
     @_store_call
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
+
+    @_store_call
+    def finished_job_keys(self) -> set[str]:
+        """The job keys of the study's FINISHED trial runs."""
+        keys: set[str] = set()
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}' and attributes.status = 'FINISHED'",
+                max_results=1000, page_token=token,
+            )  # fmt: skip
+            keys.update(r.data.tags[Tag.JOB_KEY] for r in page if Tag.JOB_KEY in r.data.tags)
+            token = page.token
+            if not token:
+                return keys
 
     def run_status(self, run_id: str) -> str | None:
         try:
