@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from .records import Attr
+from .stores.errors import StoreError, TrackingStoreError  # light: no Optuna, no MLflow
 from .study import (  # pydantic + PyYAML only: a bad file fails fast
     Study, StudyError, check_data_root, input_error_types, load_study, with_execution_values,
 )  # fmt: skip
@@ -126,7 +127,6 @@ def cmd_run(args) -> int:
     from rich.console import Console
 
     from .run import finish_parent, prepare, queue, run_in_process, run_workers, start, wait_for_others
-    from .stores import TrackingStoreError
 
     study = validate_inputs(args)
     storage_url, tracking_uri = store_urls(args, study)
@@ -150,14 +150,18 @@ def cmd_run(args) -> int:
             console.print("waiting for the trials other workers are running ...")
             wait_for_others(h)
         return _summary(h, console, finish_parent(h))
-    except TrackingStoreError as e:
+    except StoreError as e:
         return _store_failed(e)
 
 
-def _store_failed(e) -> int:
-    """A failing MLflow store: one line, exit 1 (the trial is FAIL in Optuna, retried next run)."""
-    print(f"bench: error: {e}; run the same command again to retry", file=sys.stderr)
-    return EXIT_FAILED_TRIALS
+def _store_failed(e: StoreError) -> int:
+    """A failing store: one line, exit 1 (a failing MLflow store: the trial is FAIL in Optuna,
+    retried next run; the Optuna journal's errors say what to do themselves), or exit 2 for a
+    store that needs a person's decision (a damaged journal, a half-created MLflow store that
+    holds runs)."""
+    retry = "; run the same command again to retry" if isinstance(e, TrackingStoreError) and e.exit_code == 1 else ""
+    print(f"bench: error: {e}{retry}", file=sys.stderr)
+    return e.exit_code
 
 
 def _state_table(title: str, per: dict[str, Counter]):
@@ -220,8 +224,7 @@ def dry_run(study: Study, tracking_uri: str) -> int:
 
 
 def cmd_worker(args) -> int:
-    from .run import run_in_process, start, work
-    from .stores import TrackingStoreError
+    from .run import queue, run_in_process, start, work
 
     study = validate_inputs(args)
     storage_url, tracking_uri = store_urls(args, study)
@@ -231,9 +234,17 @@ def cmd_worker(args) -> int:
     except KeyError:
         return _err(f"study {study.name!r} does not exist in {storage_url}; start it with `bench run` first")
     try:
+        queue.check_lost_results(h)
         produced = work(h) if args.quiet else run_in_process(h)
-    except TrackingStoreError as e:
+        # trials neither done nor run by another worker: failed here, or closed as dead (a killed
+        # `bench run`'s); a worker never retries them (a failing job would loop), `bench run` does
+        not_done = queue.total(h) - queue.done(h) - len(h.trials(states=queue.states(("RUNNING",))))
+    except StoreError as e:
         return _store_failed(e)
+    if not_done > 0:
+        print(f"bench: {not_done} trial(s) of study {h.study.name!r} not done; `bench run {args.study}` retries them",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED_TRIALS
     return EXIT_FAILED_TRIALS if produced.get("FAIL") else 0
 
 
@@ -352,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ == "DataError" and _study_file(args):
             msg = f"{_study_file(args)}: data: {msg}"  # found while loading the data set
         return _err(msg)
+    except StoreError as e:  # `bench ls` / `report` on a damaged journal, a store failing at startup
+        return _store_failed(e)
     except KeyboardInterrupt:
         print("bench: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -51,7 +51,7 @@ def rank_zero(args) -> int:
     does not load, a failing store) the other ranks are told to stop, then the error is
     reported in one line as ``bench`` reports it."""
     from ..cli import EXIT_BAD_INPUT, EXIT_FAILED_TRIALS, store_urls, validate_inputs
-    from ..stores import TrackingStoreError
+    from ..stores import StoreError
     from ..study import input_error_types
     from . import finish_parent, prepare, start, work
 
@@ -70,10 +70,10 @@ def rank_zero(args) -> int:
         stop_others()
         finish_parent(h)
         return EXIT_FAILED_TRIALS if produced.get("FAIL") else 0
-    except (*input_error_types(), TrackingStoreError) as e:
+    except (*input_error_types(), StoreError) as e:
         stop_others()
         print(f"bench: error: {e}", file=sys.stderr)
-        return EXIT_FAILED_TRIALS if isinstance(e, TrackingStoreError) else EXIT_BAD_INPUT
+        return e.exit_code if isinstance(e, StoreError) else EXIT_BAD_INPUT
     except BaseException:
         stop_others()
         raise

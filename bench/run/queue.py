@@ -69,9 +69,10 @@ def confirmation_todo(study, trials: Sequence[Any], retry_failed: bool = False) 
     return [j for j in jobs if j.key not in live]
 
 
-def close_dead_trials(h) -> int:
-    """Fail the RUNNING trials of dead workers in Optuna and their runs in MLflow."""
-    dead = fail_dead_trials(h.optuna_study, h.storage)
+def close_dead_trials(h, own: bool = False) -> int:
+    """Fail the RUNNING trials of dead workers in Optuna and their runs in MLflow (with ``own``,
+    also the trials this process claimed: it calls so when it runs none)."""
+    dead = fail_dead_trials(h.optuna_study, h.storage, own=own)
     for t in dead:
         run_id = t.user_attrs.get(Attr.MLFLOW_RUN_ID)
         if run_id and h.tracker.run_status(run_id) == "RUNNING":
@@ -80,10 +81,30 @@ def close_dead_trials(h) -> int:
     return len(dead)
 
 
+def check_lost_results(h) -> None:
+    """Refuse (:class:`StudyError`) a study whose Optuna storage lost finished trials: a job with
+    a FINISHED run in the study's MLflow experiment but no COMPLETE trial (a journal cut short,
+    restored from an older copy, or deleted) would otherwise run again, MLflow holding two runs.
+
+    MLflow is read first: a trial is told COMPLETE before its run is ended FINISHED, so a run
+    another process finishes meanwhile has its COMPLETE trial in the storage read after."""
+    finished = h.tracker.finished_job_keys()
+    complete = {t.user_attrs.get(Attr.JOB_KEY) for t in h.trials(states=(TrialState.COMPLETE,))}
+    lost = sorted(finished - complete)
+    if lost:
+        shown = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+        raise StudyError(
+            f"the Optuna storage {h.storage_url} lost the results of {len(lost)} finished trial(s) of study "
+            f"{h.study.name!r} ({shown}: FINISHED in MLflow {h.tracker.uri}, not complete in the storage); nothing was "
+            "enqueued: restore the storage (journal) from a backup, or rename the study to run it again from scratch"
+        )
+
+
 def prepare(h) -> dict[str, int]:
     """Before workers start: close what died, finish the bookkeeping of trials that ended just
     before a crash, then, under :func:`bench.stores.study_lock`, check the study file against
-    every stored trial and enqueue each missing job once (with its resolved configuration)."""
+    every stored trial, refuse a storage that lost finished trials (:func:`check_lost_results`)
+    and enqueue each missing job once (with its resolved configuration)."""
     dead = close_dead_trials(h)
     for t in h.trials(states=tuple(RUN_END)):
         run_id = t.user_attrs.get(Attr.MLFLOW_RUN_ID)
@@ -92,6 +113,7 @@ def prepare(h) -> dict[str, int]:
     queued = 0
     with study_lock(h.storage_url, h.study.name):
         check_study_file(h.study, h.trials(), h.path)  # all jobs first: a refused file enqueues nothing
+        check_lost_results(h)
         live = {t.user_attrs.get(Attr.JOB_KEY) for t in h.trials(states=states(LIVE))}
         for job in study_jobs(h.study):
             if job.key not in live:

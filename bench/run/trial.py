@@ -22,7 +22,7 @@ from tkp_pcl.data import Splits, seg_train_split_name
 from tkp_pcl.runtime import distributed
 
 from ..records import SPLIT_ROLES, Attr, Stage, Tag, grid_tag, seed_metric, split_size_tag, split_tag, stage_of
-from ..stores import TrackingStoreError, worker_identity
+from ..stores import StudyStoreError, TrackingStoreError, worker_identity
 from ..study import (
     CategoricalParam, FloatParam, Job, StudyError, flatten, run_config, search_job, search_variant, stored_config,
     trial_attrs, variant_config, with_seed,
@@ -99,7 +99,8 @@ class TrialLifecycle:
     A failing trial (any ``Exception``) is FAIL in Optuna and FAILED in MLflow and is not
     re-raised; pruned is PRUNED / KILLED. A failing MLflow store (:class:`TrackingStoreError`)
     fails the Optuna trial (the next ``bench run`` retries it) and is re-raised with the trial's
-    number; an interrupt fails the trial, keeps its checkpoint and is re-raised.
+    number; a failing Optuna storage (:class:`StudyStoreError`) ends the run FAILED and is
+    re-raised; an interrupt fails the trial, keeps its checkpoint and is re-raised.
     """
 
     def __init__(self, ctx: TrialContext, trial: optuna.Trial, job: Job):
@@ -140,6 +141,11 @@ class TrialLifecycle:
                 tracker.set_tags(run, {Tag.STATE: self.state.name, Tag.ERROR: "closed by another process "
                                        "as dead before it finished (heartbeat missed); the next run retries it"})  # fmt: skip
             tracker.end(run, "FINISHED" if self.state == TrialState.COMPLETE else "FAILED")
+            return False
+        if isinstance(e, StudyStoreError):  # Optuna's storage cannot be written: end the run, tell nothing
+            if run:  # the trial stays RUNNING; the next `bench run` finds its worker dead and retries it
+                tracker.set_tags(run, {Tag.STATE: "FAIL", Tag.ERROR: f"Optuna storage failed: {e}"})
+                tracker.end(run, "FAILED")
             return False
         if isinstance(e, TrackingStoreError):
             e.trial = self.trial.number

@@ -50,9 +50,13 @@ def work(h, on_progress=None, on_trial_end=None, before_stage1: Callable | None 
 
 def wait_for_others(h, poll: float = 2.0) -> None:
     """Block while other workers (here or on other machines) still run trials of the study;
-    trials of workers that die meanwhile are failed (dead pid here, heartbeat elsewhere)."""
+    trials of workers that die meanwhile are failed (dead pid here, heartbeat elsewhere), and so
+    is a trial recorded as this process's (it runs none now), so no trial is waited for forever.
+    A journal deleted meanwhile stops the wait (:class:`bench.stores.StudyStoreError`)."""
     while h.trials(states=(TrialState.RUNNING,)):
-        queue.close_dead_trials(h)
+        queue.close_dead_trials(h, own=True)
+        if not h.trials(states=(TrialState.RUNNING,)):
+            return
         time.sleep(poll)
 
 

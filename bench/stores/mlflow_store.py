@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from ..records import ROLE_STUDY, ROLE_TRIAL, Tag
+from .errors import TrackingStoreError
 from .file_lock import file_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -31,27 +33,6 @@ MAX_BATCH = 900
 #: MLflow 3's UI shows an experiment with this tag value as a training experiment (runs table),
 #: not as a GenAI one (traces overview).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-class TrackingStoreError(RuntimeError):
-    """The MLflow store failed (unreachable, unwritable, corrupt); ``str()`` is one line, naming
-    the store and, once :class:`bench.run.trial.TrialLifecycle` has set it, the trial."""
-
-    def __init__(self, uri: str, detail: str, trial: int | None = None):
-        super().__init__(uri, detail)
-        self.uri, self.detail, self.trial = uri, detail, trial
-        self.first: BaseException | None = None
-        """What failed first: the error being handled (e.g. a trial's, being recorded) when the store failed."""
-
-    def __str__(self) -> str:
-        during = f" during trial {self.trial}" if self.trial is not None else ""
-        store = f"MLflow store {self.uri} failed{during}: {self.detail}"
-        if self.first is None or isinstance(self.first, TrackingStoreError):
-            return store
-        if not isinstance(self.first, Exception):  # an interrupt being recorded
-            return f"interrupted; then, recording it, {store}"
-        first = (str(self.first).strip().splitlines() or [""])[0][:300]
-        return f"{type(self.first).__name__}: {first}; then, recording it, {store}"
 
 
 class _OneLineRecords:
@@ -124,6 +105,79 @@ def store_lock(uri: str) -> Iterator[None]:
     db = Path(uri.removeprefix("sqlite:///"))
     with file_lock(db.with_name(db.name + ".lock")):
         yield
+
+
+def _schema_problem(db: Path) -> tuple[str, int] | None:
+    """Why an existing SQLite file is not a finished MLflow store (its creation cut short: no
+    schema version, a migration's ``_alembic_tmp_*`` table left, a version other than this
+    MLflow's), and how many runs it holds; None for a finished store, or a file SQLite cannot
+    read (MLflow reports that one itself)."""
+    if db.stat().st_size == 0:
+        return "is empty", 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+            version = con.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return None
+    left = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if left:
+        return f"was left half-migrated (table {left[0]})", runs
+    if version is None:
+        return "has no schema version (its creation was cut short)", runs
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    head = _get_latest_schema_revision()
+    if version[0] != head:
+        return f"has schema version {version[0]}, not this MLflow's {head}", runs
+    return None
+
+
+def _aside(path: Path, what: str) -> Path:
+    return path.with_name(f"{path.name}.{what}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+
+
+def prepare_sqlite_store(uri: str) -> None:
+    """Make sure a SQLite store at ``uri`` is whole before MLflow opens it (called under
+    :func:`store_lock`).
+
+    A new store is created in a temporary file beside the target and renamed into place only
+    once MLflow's schema migration has finished, so a full disk or a crash never leaves a
+    half-migrated ``mlflow.db``. An existing one left half-created by an older version (see
+    :func:`_schema_problem`) is moved aside with a one-line warning and created again if it holds
+    no runs, and refused (:class:`TrackingStoreError`, exit 2) if it does."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.is_file():
+        found = _schema_problem(db)
+        if found is None:
+            return
+        problem, runs = found
+        if runs:
+            raise TrackingStoreError(uri, f"the store {problem} and holds {runs} run(s), so it is left as it is: "
+                                     f"upgrade it (`mlflow db upgrade {uri}`) or move it aside", exit_code=2)  # fmt: skip
+        aside = _aside(db, "half-created")
+        os.replace(db, aside)
+        for extra in ("-journal", "-wal", "-shm"):
+            side = db.with_name(db.name + extra)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + extra))
+        print(f"bench: warning: MLflow store {db} {problem} and holds no runs; moved it to {aside} and created it again",
+              file=sys.stderr)  # fmt: skip
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        store = MlflowClient(tracking_uri=f"sqlite:///{tmp}")._tracking_client.store  # runs the migration
+        store.engine.dispose()
+        os.replace(tmp, db)
+    finally:
+        for extra in ("", "-journal", "-wal", "-shm"):
+            Path(f"{tmp}{extra}").unlink(missing_ok=True)
 
 
 def resolve_tracking_uri(cli: str | None, study: str | None) -> str:
@@ -206,6 +260,7 @@ class Tracker:
     def _open(self, parent: bool) -> None:
         with store_lock(self.uri):
             if self._client is None:
+                prepare_sqlite_store(self.uri)
                 self._client = MlflowClient(tracking_uri=self.uri)
             if self._experiment_id is None:
                 self._experiment_id = self.ensure_experiment()
@@ -299,6 +354,21 @@ class Tracker:
     @_store_call
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
+
+    @_store_call
+    def finished_job_keys(self) -> set[str]:
+        """The job keys of the study's FINISHED trial runs."""
+        keys: set[str] = set()
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}' and attributes.status = 'FINISHED'",
+                max_results=1000, page_token=token,
+            )  # fmt: skip
+            keys.update(r.data.tags[Tag.JOB_KEY] for r in page if Tag.JOB_KEY in r.data.tags)
+            token = page.token
+            if not token:
+                return keys
 
     def run_status(self, run_id: str) -> str | None:
         try:

@@ -116,3 +116,35 @@ def test_work_waits_for_other_workers_search_trials_before_confirming(tmp_path, 
     monkeypatch.setattr(worker.time, "sleep", other_worker_finishes)
     assert worker.work(h) == {"COMPLETE": 4} and len(polls) == 1
     assert sorted(instant_trials)[0].startswith("confirm|top1|trial=1|")
+
+
+def test_a_storage_that_lost_finished_trials_is_refused_before_anything_is_enqueued(tmp_path, mlflow_db):
+    """A journal cut at a line end (or restored from an older copy) no longer has a finished
+    trial's COMPLETE record: its job is not run again beside its FINISHED MLflow run."""
+    from bench.records import Tag
+    from bench.study import StudyError
+
+    h = handle(tmp_path, mlflow_db)
+    key = h.study._jobs[0].key
+    run = h.tracker.start_trial(h.tracker.open(), key, {Tag.JOB_KEY: key}, {})
+    h.tracker.end(run, "FINISHED")  # its trial's COMPLETE record is what the journal lost
+    with pytest.raises(StudyError) as e:
+        queue.prepare(h)
+    assert str(e.value).startswith(f"the Optuna storage {h.storage_url} lost the results of 1 finished trial(s) of study "
+                                   f"{h.study.name!r} ({key}: FINISHED in MLflow")  # fmt: skip
+    assert str(e.value).endswith("restore the storage (journal) from a backup, or rename the study to run it again from scratch")
+    assert h.trials() == []  # nothing enqueued
+
+
+def test_waiting_for_others_never_waits_for_a_trial_of_this_very_process(tmp_path, mlflow_db, instant_trials):
+    """A trial recorded as this process's (its end not written: a store that failed) is closed,
+    not waited for (it hung ``bench run`` forever)."""
+    from bench.stores import claim_waiting_trial, worker_identity
+
+    h = handle(tmp_path, mlflow_db)
+    queue.prepare(h)
+    trial = claim_waiting_trial(h.optuna_study, h.storage)
+    for k, v in worker_identity().items():
+        trial.set_user_attr(k, v)
+    worker.wait_for_others(h, poll=0.01)
+    assert h.trials()[trial.number].state == TrialState.FAIL

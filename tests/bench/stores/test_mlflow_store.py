@@ -89,3 +89,69 @@ def test_a_store_failing_while_a_trial_error_is_recorded_names_the_trial_error_f
     with pytest.raises(TrackingStoreError) as e:  # outside any handler: the store's error alone
         Store().set_tags()
     assert str(e.value) == "MLflow store sqlite:///x.db failed: OperationalError: database or disk is full"
+
+
+def _half_created(db, runs: bool):
+    """A store as a migration cut short by a full disk leaves it: an older schema version and
+    the migration's ``_alembic_tmp_*`` table (with runs: one logged before)."""
+    import sqlite3
+
+    t = Tracker(f"sqlite:///{db}", "s")
+    if runs:
+        t.open()
+    t.client._tracking_client.store.engine.dispose()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE alembic_version SET version_num = '0584bdc529eb'")
+    con.execute("CREATE TABLE _alembic_tmp_endpoints (x INTEGER)")
+    con.commit()
+    con.close()
+
+
+def test_a_half_created_store_without_runs_is_moved_aside_with_a_warning_and_created_again(tmp_path, capsys):
+    db = tmp_path / "mlflow.db"
+    _half_created(db, runs=False)
+    capsys.readouterr()
+    t = Tracker(f"sqlite:///{db}", "s")
+    assert t.open()
+    aside = list(tmp_path.glob("mlflow.db.half-created-*"))
+    err = capsys.readouterr().err
+    assert len(aside) == 1 and err.count("\n") == 1
+    assert err.startswith(f"bench: warning: MLflow store {db} was left half-migrated (table _alembic_tmp_endpoints) and holds no runs; moved it to {aside[0]}")
+    assert Tracker(f"sqlite:///{db}", "s").open() == t.open() and capsys.readouterr().err == ""
+
+
+def test_a_half_created_store_that_holds_runs_is_refused_in_one_line(tmp_path):
+    db = tmp_path / "mlflow.db"
+    _half_created(db, runs=True)
+    with pytest.raises(TrackingStoreError) as e:
+        Tracker(f"sqlite:///{db}", "s").open()
+    assert e.value.exit_code == 2 and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"MLflow store sqlite:///{db} failed: the store was left half-migrated (table "
+                                   "_alembic_tmp_endpoints) and holds 1 run(s), so it is left as it is")  # fmt: skip
+    assert not list(tmp_path.glob("mlflow.db.half-created-*"))
+
+
+CREATE_SCRIPT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))  # a disk that fills mid-migration
+from bench.stores import Tracker, TrackingStoreError
+try:
+    Tracker(sys.argv[1], "s").open()
+except TrackingStoreError as e:
+    print(e)
+"""
+
+
+def test_a_store_whose_creation_fails_leaves_no_half_migrated_file_and_is_created_next_time(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = subprocess.run([sys.executable, "-c", CREATE_SCRIPT, uri], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
+    assert out.stdout.startswith(f"MLflow store {uri} failed: ") and out.stdout.count("\n") == 1, out.stdout + out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db.lock"]  # nothing half-made
+    assert Tracker(uri, "s").open()
