@@ -19,6 +19,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -176,7 +177,7 @@ class Plan:
 
 def rehearse_stages(study: Study, plan: Plan, meter, steps: int, after_stage1: bool = True) -> dict:
     """Run the stages of one configuration, each measured (:class:`~.measure.Span`); with
-    ``after_stage1`` False, stage 1 and its monitor only. Returns the spans and what the rows
+    ``after_stage1`` False, stage 1 only (no monitor). Returns the spans and what the rows
     need. Raises :class:`RehearsalError`."""
     from tkp_pcl.pseudo import make_pseudo_labels
     from tkp_pcl.stage1 import checkpoint, train_stage1
@@ -192,9 +193,11 @@ def rehearse_stages(study: Study, plan: Plan, meter, steps: int, after_stage1: b
 
     v, cfg, s = plan.variant, plan.cfg, plan.splits
     rcfg, hist = rehearsal_config(cfg), []
+    if not after_stage1:  # the monitor is a pseudo-label forward: measured with the earlier variant's
+        rcfg.train.monitor_images = 0
     tracker = LocalTracker(meter, plan.work if plan.keep else None)
     out: dict = {"stage1_history": hist, "tracker": tracker, "steps": steps}
-    ctx = TrialContext(study, None, tracker, "", plan.work, s, max_steps=steps)
+    ctx = TrialContext(study, None, tracker, "", plan.work, s, on_progress=lambda *_: None, max_steps=steps)
     label_root = plan.work / "pseudo" / v
 
     def stage1_name(e: BaseException) -> str:
@@ -226,12 +229,12 @@ def rehearse_stages(study: Study, plan: Plan, meter, steps: int, after_stage1: b
     return out
 
 
-def _stage1_rows(plan: Plan, out: dict, pseudo_fpi: float) -> list[StageRow]:
+def _stage1_rows(plan: Plan, out: dict, pseudo_fpi: float, monitored: bool) -> list[StageRow]:
     """Stage 1 per phase (the monitor's FLOPs, one pseudo-label forward an image, taken out of
-    each epoch's count) and the monitor (with the checkpoint) per image."""
+    each epoch's count) and, where ``monitored``, the monitor (with the checkpoint) per image."""
     span, hist, tc = out["stage1"], out["stage1_history"], plan.cfg.train
     starts = [(span.t0, 0), *span.marks[:-1]]
-    n_mon = min(tc.monitor_images, 1, len(plan.splits.val))
+    n_mon = min(tc.monitor_images, 1, len(plan.splits.val)) if monitored else 0
     batch = min(tc.batch_size, len(plan.splits.train))
     rows = []
     phases = [("frozen", range(tc.frozen_epochs), tc.frozen_epochs), ("trainable", range(tc.frozen_epochs, tc.frozen_epochs + 1), tc.epochs - tc.frozen_epochs)]  # fmt: skip
@@ -298,16 +301,17 @@ def variant_rows(plan: Plan, out: dict, sampler, earlier: tuple[list[StageRow], 
     """The rows of one variant; ``earlier``: (rows after stage 1, runs) of an earlier variant
     with the same model, pseudo-label and stage-2 configuration, not run again: its rates, this
     variant's images."""
-    if earlier is None:
-        after = _pseudo_rows(plan, out)
-        if plan.cfg.segment.enabled:
-            after += _stage2_rows(plan, out, sampler)
-    else:
+    if earlier is not None:
         rows, runs = earlier
         after = [
             replace(r, variant=plan.variant, images=r.images * plan.runs / runs, note=f"as {r.variant}") for r in rows
         ]
-    return _stage1_rows(plan, out, after[0].flops_per_image) + after
+        pseudo = next(r for r in rows if r.stage == "pseudo labels")
+        return _stage1_rows(plan, out, pseudo.flops_per_image, monitored=False) + after
+    after = _pseudo_rows(plan, out)
+    if plan.cfg.segment.enabled:
+        after += _stage2_rows(plan, out, sampler)
+    return _stage1_rows(plan, out, after[0].flops_per_image, monitored=True) + after
 
 
 def after_stage1_key(cfg: MethodConfig) -> str:
@@ -330,7 +334,14 @@ def rehearse(study: Study, path: str, opts: RehearsalOptions) -> tuple[list[Stag
         counts, small = Counts.of(splits), first_images(splits, opts.images)
     rows: list[StageRow] = []
     done: dict[str, tuple[list[StageRow], int]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-rehearse-") as tmp, RssSampler() as sampler:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-rehearse-") as tmp,
+        RssSampler() as sampler,
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings(
+            "ignore", message="This DataLoader will create"
+        )  # loader_workers > cores: said once below
         work = opts.keep if opts.keep is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for variant, cfg, runs in configurations(study):
@@ -338,7 +349,7 @@ def rehearse(study: Study, path: str, opts: RehearsalOptions) -> tuple[list[Stag
             key = after_stage1_key(cfg)
             out = rehearse_stages(study, plan, Meter(sampler), opts.steps, after_stage1=key not in done)
             vrows = variant_rows(plan, out, sampler, done.get(key))
-            done.setdefault(key, ([r for r in vrows if not r.stage.startswith(("stage 1", "monitor"))], runs))
+            done.setdefault(key, ([r for r in vrows if not r.stage.startswith("stage 1")], runs))
             rows += vrows
             if opts.keep is None:
                 shutil.rmtree(work / "pseudo", ignore_errors=True)
@@ -374,8 +385,8 @@ def rehearse_from_args(study: Study, args) -> int:
     from ..report.rehearsal import ACCELERATORS
     from ..study import StudyError
 
-    if args.images < 1 or args.steps < 1:
-        raise StudyError(f"--images and --steps must be >= 1 (got {args.images}, {args.steps})")
+    if args.images < 2 or args.steps < 1:  # a batch of 1 fails in BatchNorm (DeepLab) where the study's would not
+        raise StudyError(f"--images must be >= 2 and --steps >= 1 (got {args.images}, {args.steps})")
     names = {k.lower(): k for k in ACCELERATORS}
     if args.accelerator.lower() not in names:
         raise StudyError(f"--accelerator: one of {', '.join(ACCELERATORS)} (got {args.accelerator!r})")
