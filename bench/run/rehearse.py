@@ -351,8 +351,9 @@ def rehearse(study: Study, path: str, opts: RehearsalOptions) -> tuple[list[Stag
             vrows = variant_rows(plan, out, sampler, done.get(key))
             done.setdefault(key, ([r for r in vrows if not r.stage.startswith("stage 1")], runs))
             rows += vrows
-            if opts.keep is None:
+            if opts.keep is None:  # a paper-scale checkpoint is ~0.7 GB: one at a time
                 shutil.rmtree(work / "pseudo", ignore_errors=True)
+                (work / f"{variant}.ckpt").unlink(missing_ok=True)
     return rows, about
 
 
