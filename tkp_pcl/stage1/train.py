@@ -209,9 +209,8 @@ def train_stage1(
     progress: bool = True,
     model: PatchClassifier | None = None,
     checkpoint_meta: dict | None = None,
-    resume: Checkpoint | None = None,
-    max_steps: int | None = None,
-) -> Stage1Result:
+    resume: Checkpoint | None = None, max_steps: int | None = None,
+) -> Stage1Result:  # fmt: skip
     """Train the patch classifier on ``splits.train`` with image labels only.
 
     Each batch goes through :func:`~.objective.stage1_loss` (image BCE, equivariance of
@@ -232,9 +231,7 @@ def train_stage1(
     DistributedDataParallel and each rank sees its share of every epoch (DistributedSampler,
     ``batch_size`` per rank); losses are averaged over ranks; rank 0 alone evaluates, writes the
     checkpoint and calls ``on_epoch_end``. Every rank must pass the same ``checkpoint_path``.
-
-    ``max_steps`` (an execution limit, e.g. for ``bench run --rehearse``): each epoch stops after
-    that many optimizer steps; None runs whole epochs.
+    ``max_steps`` (an execution limit, a rehearsal's): steps an epoch; None: whole epochs.
     """
     run = _prepare(cfg, splits, model, max_steps)
     if resume is None and checkpoint_path is not None and Path(checkpoint_path).is_file():
