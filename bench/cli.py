@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     run.add_argument("--dry-run", action="store_true", help="print the trials and exit; writes nothing")
+    run.add_argument("--rehearse", action="store_true", help="run every stage of each configuration on a few images for "
+                     "a few steps, measure them and project the study's cost; no trial is recorded")  # fmt: skip
+    run.add_argument("--images", type=int, default=4, help="--rehearse: the first N images of each split (4)")
+    run.add_argument("--steps", type=int, default=2, help="--rehearse: steps an epoch (2)")
+    run.add_argument("--keep", help="--rehearse: keep what it writes (checkpoints, labels, artifacts, rehearsal.csv|json) in DIR")
+    run.add_argument("--accelerator", default="H100", help="--rehearse: GPU the GPU-hours are projected on "
+                     "(A100, H100, H200, L40S, V100; default H100)")  # fmt: skip
+    run.add_argument("--utilisation", type=float, default=0.4, help="--rehearse: share of the GPU's peak bf16 FLOP/s assumed (0.4)")
     worker = sub.add_parser("worker", help="join a study another `bench run` started (any machine)")
     common(worker)
     worker.add_argument("--quiet", action="store_true", help="no progress display")
@@ -134,6 +142,10 @@ def cmd_run(args) -> int:
         return _err("--workers must be >= 1")
     if args.dry_run:
         return dry_run(study, tracking_uri)
+    if args.rehearse:
+        from .run.rehearse import rehearse_from_args
+
+        return rehearse_from_args(study, args)
     console = Console(stderr=True)
     h = start(study, args.study, storage_url, tracking_uri, create=True)
     try:

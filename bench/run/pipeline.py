@@ -41,7 +41,9 @@ Progress = Callable[[str, int, int], None]  # (trial label, epochs done, epochs 
 class TrialContext:
     """What every trial of a study shares inside one worker process: the study, its stores, the
     data this process loaded (``splits``; ``tune``: the tune / report splits of a search with
-    ``search.tune``), a progress callback and DDP's hook before each stage-1 training."""
+    ``search.tune``), a progress callback and DDP's hook before each stage-1 training.
+    ``max_steps``: an execution limit (``bench run --rehearse``): every epoch of stage 1 and
+    stage 2 stops after that many steps; None (trials) runs whole epochs."""
 
     study: Any
     optuna_study: optuna.Study
@@ -52,6 +54,7 @@ class TrialContext:
     tune: TuneSplits | None = None
     on_progress: Progress | None = None
     before_stage1: Callable[[MethodConfig, Path], None] | None = None  # (config, checkpoint)
+    max_steps: int | None = None
 
     def for_stage(self, stage: str) -> "TrialContext":
         """This context with the splits of a trial of ``stage``: a search trial reads the masks
@@ -146,12 +149,18 @@ def run_stage2(
 ) -> dict[str, float]:
     """Make the pseudo labels of stage 2's training split (``data.seg_train_split``; the run's
     param ``segment.train_split``), train the segmentation network on them, score it on val."""
-    tracker = ctx.tracker
     label_dir, metrics = stage2_labels(ctx, cfg, stage1, label_root)
+    return {**metrics, **train_and_score_stage2(ctx, cfg, run_id, label_dir)}
+
+
+def train_and_score_stage2(ctx: TrialContext, cfg: MethodConfig, run_id: str, label_dir: Path) -> dict[str, float]:
+    """Train the segmentation network on the pseudo labels in ``label_dir`` (per-epoch metrics
+    logged), score it on val; its overlay and confusion matrix as artifacts; its metrics."""
+    tracker = ctx.tracker
     inputs = Stage2Inputs(ctx.splits.seg_train, label_dir, ctx.splits.val, seed=cfg.train.seed, device=cfg.train.device,
                           loader_workers=ctx.splits.loader_workers)  # fmt: skip
     seg = train_segmentation(
-        cfg.segment, cfg.model, inputs, keep_examples=N_EXAMPLES, progress=False,
+        cfg.segment, cfg.model, inputs, keep_examples=N_EXAMPLES, progress=False, max_steps=ctx.max_steps,
         on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
     )  # fmt: skip
     mean, per = miou(seg.conf)
@@ -162,10 +171,7 @@ def run_stage2(
         pd.DataFrame(seg.conf, index=names, columns=names).to_csv(d / "confusion_matrix_seg.csv")
         for f in sorted(d.iterdir()):
             tracker.log_artifact(run_id, f)
-    metrics.update(seg_miou=mean, seg_seconds=seg.seconds)
-    return {**metrics, **{f"seg_iou_{class_key(c)}": v for c, v in zip(names, per)}}
-
-
+    return {"seg_miou": mean, "seg_seconds": seg.seconds, **{f"seg_iou_{class_key(c)}": v for c, v in zip(names, per)}}
 
 
 def train_and_score(
@@ -212,7 +218,7 @@ def train_and_score(
         ctx.before_stage1(cfg, ckpt)
     t0 = time.perf_counter()
     result = train_stage1(cfg, ctx.splits, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=False,
-                          checkpoint_meta=meta, resume=state)  # fmt: skip
+                          checkpoint_meta=meta, resume=state, max_steps=ctx.max_steps)  # fmt: skip
     t1 = time.perf_counter()
     pseudo = make_pseudo_labels(
         result.model, ctx.splits.pseudo, cfg.pseudo, result.device, out_dir=label_root,

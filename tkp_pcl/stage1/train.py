@@ -93,6 +93,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     monitor: Split
     rank: int
+    max_steps: int | None = None  # execution limit: steps per epoch (a rehearsal); None: the whole epoch
 
 
 @dataclass
@@ -129,6 +130,8 @@ def _train_epoch(run: _Run, phase: _Phase, epoch: int) -> tuple[torch.Tensor, in
     sums, n_img = torch.zeros(len(LOSS_TERMS), dtype=torch.float64), 0
     use_pce = lc.pce_weight > 0 and epoch >= lc.pce_warmup_epochs
     for step, (images, labels) in enumerate(run.loader):
+        if run.max_steps is not None and step >= run.max_steps:
+            break
         images = images.to(run.device, non_blocking=True)
         labels = labels.to(run.device, non_blocking=True)
         terms = stage1_loss(phase.net, images, labels, run.cfg, run.gen, use_pce, model=run.model,
@@ -171,7 +174,7 @@ def _rank0_decides(stop: bool, epoch: int) -> None:
         raise StoppedByRankZero(f"rank 0 stopped training after epoch {epoch}")
 
 
-def _prepare(cfg: MethodConfig, splits: Splits, model: PatchClassifier | None) -> _Run:
+def _prepare(cfg: MethodConfig, splits: Splits, model: PatchClassifier | None, max_steps: int | None) -> _Run:
     """Threads, device, seeds, the model on its device, the batches and the monitor subset."""
     tc = cfg.train
     if tc.num_threads:
@@ -183,7 +186,7 @@ def _prepare(cfg: MethodConfig, splits: Splits, model: PatchClassifier | None) -
     loader = make_loader(data, tc.batch_size, gen, splits.loader_workers, device, rank_sampler(data, tc.seed))
     use_amp, amp_dtype, scaler = amp_setup(tc.amp, device)
     monitor = splits.val.subset(range(min(tc.monitor_images, len(splits.val))))
-    return _Run(cfg, model, loader, gen, device, (use_amp, amp_dtype), scaler, monitor, rank)
+    return _Run(cfg, model, loader, gen, device, (use_amp, amp_dtype), scaler, monitor, rank, max_steps)
 
 
 def _resume(run: _Run, resume: Checkpoint | None) -> tuple[list[dict[str, float]], _Phase]:
@@ -206,8 +209,8 @@ def train_stage1(
     progress: bool = True,
     model: PatchClassifier | None = None,
     checkpoint_meta: dict | None = None,
-    resume: Checkpoint | None = None,
-) -> Stage1Result:
+    resume: Checkpoint | None = None, max_steps: int | None = None,
+) -> Stage1Result:  # fmt: skip
     """Train the patch classifier on ``splits.train`` with image labels only.
 
     Each batch goes through :func:`~.objective.stage1_loss` (image BCE, equivariance of
@@ -228,8 +231,9 @@ def train_stage1(
     DistributedDataParallel and each rank sees its share of every epoch (DistributedSampler,
     ``batch_size`` per rank); losses are averaged over ranks; rank 0 alone evaluates, writes the
     checkpoint and calls ``on_epoch_end``. Every rank must pass the same ``checkpoint_path``.
+    ``max_steps`` (an execution limit, a rehearsal's): steps an epoch; None: whole epochs.
     """
-    run = _prepare(cfg, splits, model)
+    run = _prepare(cfg, splits, model, max_steps)
     if resume is None and checkpoint_path is not None and Path(checkpoint_path).is_file():
         resume = checkpoint.load(checkpoint_path)
     history, phase = _resume(run, resume)

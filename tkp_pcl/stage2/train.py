@@ -98,10 +98,13 @@ def train_segmentation(
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     keep_examples: int = 0,
     progress: bool = True,
+    max_steps: int | None = None,
 ) -> SegmentResult:
     """Train on ``inputs.train`` images with their pseudo labels (cross-entropy, 255 ignored,
     ``cfg.optimizer`` with a poly schedule), then score on ``inputs.val``'s masks (in float32) at
-    their own resolution, keeping ``keep_examples`` examples."""
+    their own resolution, keeping ``keep_examples`` examples. Each epoch's history has its loss
+    and its training seconds. ``max_steps`` (an execution limit, e.g. for a rehearsal): each
+    epoch stops after that many steps."""
     t0 = time.perf_counter()
     dev = resolve_device(inputs.device)
     gen = seed_everything(inputs.seed)
@@ -119,8 +122,10 @@ def train_segmentation(
     history = []
     for epoch in tqdm(range(cfg.epochs), desc="stage 2", disable=not progress, unit="epoch"):
         model.train()
-        loss_sum, n = torch.zeros((), device=dev), 0
-        for images, labels in loader:
+        loss_sum, n, t_epoch = torch.zeros((), device=dev), 0, time.perf_counter()
+        for step, (images, labels) in enumerate(loader):
+            if max_steps is not None and step >= max_steps:
+                break
             images = images.to(dev, non_blocking=True).to(memory_format=fmt)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                 logits = net(images)
@@ -128,7 +133,7 @@ def train_segmentation(
             optimizer_step(loss, opt, scaler, sched)
             loss_sum += loss.detach() * images.shape[0]  # no host sync per step
             n += images.shape[0]
-        history.append({"seg_loss": float(loss_sum) / max(n, 1)})
+        history.append({"seg_loss": float(loss_sum) / max(n, 1), "seg_epoch_seconds": time.perf_counter() - t_epoch})
         if on_epoch_end is not None:
             on_epoch_end(epoch, history[-1])
     conf, examples = evaluate_segmentation(model, inputs.val, cfg, dev, keep_examples)
