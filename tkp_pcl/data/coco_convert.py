@@ -196,9 +196,19 @@ def index_instances(data, path: str | Path) -> Instances:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list):
             raise bad(f"`{key}` is a {type(data[key]).__name__}, not a list")
+    categories, renamed = _categories(data["categories"], path, bad)
+    images = _images(data["images"], bad)
+    anns = data["annotations"]
+    if anns and all(isinstance(a, dict) and "segmentation" not in a for a in anns):
+        raise DataError(f"{path}: has no segmentation masks (its {len(anns)} annotations have none, e.g. boxes only); "
+                        f"use {INSTANCES_HINT}")  # fmt: skip
+    return Instances(path, list(images.values()), _annotations(anns, images, categories, bad), renamed)
 
+
+def _categories(entries: list, path: Path, bad) -> tuple[dict[int, str | None], list[tuple[int, str]]]:
+    """Category id -> name (None if unnamed), and the (id, name) pairs named unlike COCO's."""
     categories: dict[int, str | None] = {}
-    for i, c in enumerate(data["categories"]):
+    for i, c in enumerate(entries):
         if not isinstance(c, dict) or "id" not in c:
             raise bad(f"{_where('categories', i, c)}: no `id`")
         if not _is_int(c["id"]):
@@ -209,11 +219,15 @@ def index_instances(data, path: str | Path) -> Instances:
         raise DataError(f"{path}: category id(s) {unknown} are not among COCO's 80 category ids")
     renamed = [(cid, name) for cid, name in sorted(categories.items())
                if name is not None and name.strip().lower() != COCO_NAMES[cid]]  # fmt: skip
+    return categories, renamed
 
+
+def _images(entries: list, bad) -> dict[Any, dict]:
+    """Image id -> image entry, each checked: ids and file stems unique, sizes whole and positive."""
     images: dict[Any, dict] = {}
     where_img: dict[Any, str] = {}
     stems: dict[str, str] = {}
-    for i, img in enumerate(data["images"]):
+    for i, img in enumerate(entries):
         where = _where("images", i, img)
         if not isinstance(img, dict):
             raise bad(f"{where}: not an object")
@@ -236,12 +250,12 @@ def index_instances(data, path: str | Path) -> Instances:
         stems[stem] = f"{where} ({img['file_name']})"
         where_img[img["id"]] = f"images[{i}]"
         images[img["id"]] = img
+    return images
 
+
+def _annotations(anns: list, images: dict[Any, dict], categories: dict, bad) -> dict[Any, list[dict]]:
+    """Image id -> its annotations, each checked against its image and the categories."""
     anns_of: dict[Any, list[dict]] = {i: [] for i in images}
-    anns = data["annotations"]
-    if anns and all(isinstance(a, dict) and "segmentation" not in a for a in anns):
-        raise DataError(f"{path}: has no segmentation masks (its {len(anns)} annotations have none, e.g. boxes only); "
-                        f"use {INSTANCES_HINT}")  # fmt: skip
     for i, ann in enumerate(anns):
         where = _where("annotations", i, ann)
         if not isinstance(ann, dict):
@@ -261,7 +275,7 @@ def index_instances(data, path: str | Path) -> Instances:
         if problem:
             raise bad(f"{where}: {problem}")
         anns_of[img_id].append(ann)
-    return Instances(path, list(images.values()), anns_of, renamed)
+    return anns_of
 
 
 def read_instances(path: str | Path, progress: bool = False) -> Instances:
