@@ -87,7 +87,7 @@ def _submit_parser(sub) -> None:
     sp.add_argument("--time", help="each task's time limit: MINUTES, HH:MM:SS or D-HH:MM:SS")
     sp.add_argument("--mem", help="each task's memory, as sbatch --mem (16G)")
     sp.add_argument("--slurm", action="append", metavar="KEY=VALUE", help="more sbatch options (qos=high); repeatable")
-    sp.add_argument("--local-ok", action="store_true", help="allow SQLite / journal store files: every task runs on this node")
+    sp.add_argument("--local-ok", action="store_true", help="allow SQLite / journal files (all tasks on one node)")
 
 
 def _study_file(args) -> str | None:
@@ -286,8 +286,9 @@ def _arrays_table(arrays):
     table = Table(title="Slurm arrays (bench submit)")
     for col in ("study", "job", "tasks", "pending", "running", "ended", "submitted", "logs"):
         table.add_column(col)
+    keys = ("job_id", "tasks", "pending", "running", "ended", "submitted", "log_folder")
     for name, row in zip([n for n, _ in arrays], array_counts([a for _, a in arrays], queue_states())):
-        table.add_row(name, *(str(row[k]) for k in ("job_id", "tasks", "pending", "running", "ended", "submitted", "log_folder")))
+        table.add_row(name, *(str(row[k]) for k in keys))
     return table
 
 
@@ -381,7 +382,7 @@ def _quiet_libraries(args) -> None:
         torch.set_num_threads(args.threads)
 
 
-COMMANDS = {"run": cmd_run, "worker": cmd_worker, "submit": cmd_submit, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "worker": cmd_worker, "submit": cmd_submit, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,7 +114,9 @@ def check_stores(storage_url: str, tracking_uri: str, local_ok: bool) -> None:
 def check_request(storage_url: str, tracking_uri: str, local_ok: bool) -> None:
     """What is wrong before Slurm is asked anything: no Slurm here, or stores the nodes cannot share."""
     if shutil.which("sbatch") is None:
-        raise SubmitError("no Slurm on this machine: sbatch not found (run bench submit on a login node of the cluster)")
+        raise SubmitError(
+            "no Slurm on this machine: sbatch not found (run bench submit on a login node of the cluster)"
+        )
     check_stores(storage_url, tracking_uri, local_ok)
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from helpers import child_runs, write_study
 
 PG_URL = os.environ.get("TKP_BENCH_PG_URL")
@@ -44,7 +43,9 @@ def bench(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> su
 
 def submit(study: Path, cwd: Path, *flags) -> str:
     """``bench submit``; returns the array's job id."""
-    r = bench("submit", study, "--storage", PG_URL, "--tracking-uri", "sqlite:///mlflow.db", "--local-ok", *flags, cwd=cwd)
+    r = bench(
+        "submit", study, "--storage", PG_URL, "--tracking-uri", "sqlite:///mlflow.db", "--local-ok", *flags, cwd=cwd
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"submitted Slurm job (\d+)", r.stdout)
     assert m, r.stdout
@@ -87,7 +88,7 @@ def test_array_runs_every_trial_once_and_tags_where(tmp_path):
     assert set(children["tags.bench.slurm_array_task_id"]) <= {"0", "1"}
     assert set(children["tags.bench.slurm_node"]) == {socket.gethostname()}
 
-    ls = bench("ls", "--storage", PG_URL, cwd=tmp_path)
+    ls = bench("ls", "--storage", PG_URL, cwd=tmp_path, env={**os.environ, "COLUMNS": "250"})
     assert ls.returncode == 0, ls.stderr
     row = next(line for line in ls.stdout.splitlines() if f" {job} " in line and name in line)
     assert re.search(rf"{job}\s*│\s*2\s*│\s*0\s*│\s*0\s*│\s*2\s*│", row), row  # tasks, pending, running, ended
@@ -104,7 +105,9 @@ def test_cancelled_task_then_submit_again_finishes_every_trial_once(tmp_path):
     job = submit(study, tmp_path, "--workers", 2)
     deadline = time.time() + 300
     while not _running_with_epochs(name, 2):
-        assert time.time() < deadline, f"two trials never ran together: {[(t.number, t.state.name) for t in trials(name)]}"
+        assert time.time() < deadline, (
+            f"two trials never ran together: {[(t.number, t.state.name) for t in trials(name)]}"
+        )
         time.sleep(1)
     subprocess.run(["scancel", f"{job}_1"], check=True)
     wait_gone(job)
@@ -114,10 +117,14 @@ def test_cancelled_task_then_submit_again_finishes_every_trial_once(tmp_path):
     wait_gone(again)
     ts = trials(name)
     done = sorted(t.user_attrs["job_key"] for t in ts if t.state.name == "COMPLETE")
-    assert done == ["tkp-pcl|seed=0", "vit-pcm|seed=0"], [(t.number, t.state.name, t.user_attrs.get("error")) for t in ts]
+    assert done == ["tkp-pcl|seed=0", "vit-pcm|seed=0"], [
+        (t.number, t.state.name, t.user_attrs.get("error")) for t in ts
+    ]
     children, parents = child_runs(f"sqlite:///{tmp_path}/mlflow.db", name)
     finished = children[children["status"] == "FINISHED"]
     assert sorted(finished["tags.bench.job_key"]) == done  # nothing twice
+    resumed = finished[finished["tags.bench.slurm_job_id"] == again]
+    assert len(resumed) == 1 and int(resumed["tags.bench.resumed_from_epoch"].iloc[0]) >= 1  # from its checkpoint
     assert set(children["tags.bench.slurm_job_id"]) == {job, again}
     assert len(parents) == 1 and set(parents["status"]) == {"FINISHED"}
 
