@@ -231,6 +231,11 @@ def _train_seeds(ctx: TrialContext, trial, life, job: Job, seeds: list[int]) -> 
     return per_seed, first, paths
 
 
+def objective_metric(study) -> str:
+    """The metric a trial's Optuna value is: the search's, else a grid study's pseudo-label mIoU."""
+    return study.search.metric if study.search else "pseudo_miou"
+
+
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     """Run a claimed (RUNNING) trial to its end; return its final state. Never raises for a
     failing trial (it is marked FAIL in Optuna and FAILED in MLflow); re-raises interrupts and
@@ -245,7 +250,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     study, tctx = ctx.study, ctx.for_stage(job.stage)
     seeds = study.search.seeds if job.stage == Stage.SEARCH else [job.seed]
     prefix = "tune_" if job.stage == Stage.SEARCH and tctx.tune is not None else ""
-    objective = study.search.metric if study.search else "pseudo_miou"
+    objective = objective_metric(study)
     paths = []
     with TrialLifecycle(ctx, trial, job) as life:
         ctx.tracker.set_tags(life.run_id, split_tags(tctx.splits))
