@@ -264,11 +264,15 @@ def cmd_submit(args) -> int:
     ex = executor(req, study.name)
     preflight(ex, req.workers)  # Slurm's own refusal, before anything is written
 
-    from .run import prepare, queue, start
+    from .run import finish_parent, prepare, queue, start
     from .run.slurm import submit
 
     h = start(study, args.study, storage_url, tracking_uri, create=True)
     info = prepare(h)
+    if queue.total(h) <= queue.done(h):
+        finish_parent(h)
+        print(f"study {study.name}: all {queue.total(h)} trials done; nothing submitted")
+        return 0
     array = submit(h, ex, req, tracking_uri)
     web = tracking_uri.startswith(("http://", "https://"))
     print(f"submitted Slurm job {array['job_id']}: {req.workers} task(s) of bench worker on study {study.name} "

@@ -93,6 +93,12 @@ def test_array_runs_every_trial_once_and_tags_where(tmp_path):
     row = next(line for line in ls.stdout.splitlines() if f" {job} " in line and name in line)
     assert re.search(rf"{job}\s*│\s*2\s*│\s*0\s*│\s*0\s*│\s*2\s*│", row), row  # tasks, pending, running, ended
 
+    again = bench("submit", study, "--storage", PG_URL, "--tracking-uri", "sqlite:///mlflow.db", "--local-ok",
+                  "--workers", 2, cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0 and "all 2 trials done; nothing submitted" in again.stdout, again.stdout + again.stderr
+    arrays = optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(PG_URL)).user_attrs["slurm_arrays"]
+    assert [a["job_id"] for a in arrays] == [job]
+
 
 def _running_with_epochs(name: str, n: int) -> bool:
     running = [t for t in trials(name) if t.state.name == "RUNNING"]
