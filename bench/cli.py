@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .records import Attr
+from .records import Attr, StudyAttr
 from .stores.errors import StoreError, TrackingStoreError  # light: no Optuna, no MLflow
 from .study import (  # pydantic + PyYAML only: a bad file fails fast
     Study, StudyError, check_data_root, input_error_types, load_study, with_execution_values,
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="join a study another `bench run` started (any machine)")
     common(worker)
     worker.add_argument("--quiet", action="store_true", help="no progress display")
+    _submit_parser(sub)
     ls = sub.add_parser("ls", help="studies in a storage and their progress per variant")
     ls.add_argument("--storage", help="Optuna storage (default: journal:.bench/optuna.journal)")
     rep = sub.add_parser("report", help="tables, plots and overlays of a study (Markdown, HTML, CSV, LaTeX)")
@@ -82,6 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     cm.add_argument("--out", required=True, help="output folder, e.g. ROOT/SegmentationClass/train2014")
     cm.add_argument("--min-side", type=int, default=256, help="leave out images smaller than this on a side (256)")
     return p
+
+
+def _submit_parser(sub) -> None:
+    sp = sub.add_parser("submit", help="run a study's workers as one Slurm job array (submitit), on shared stores")
+    sp.add_argument("study", help="study file (studies/*.yaml)")
+    sp.add_argument("--tracking-uri", help="MLflow tracking server or database URI every node reaches (as for run)")
+    sp.add_argument("--storage", help="Optuna storage every node reaches: postgresql://... (as for run)")
+    sp.add_argument("--workers", type=int, required=True, help="array tasks, each one `bench worker`")
+    sp.add_argument("--gpus-per-worker", type=int, help="GPUs of each task (default: cluster.gpus_per_worker, else 0)")
+    sp.add_argument("--cpus-per-worker", type=int, help="CPUs (and torch threads) of each task (default 1)")
+    sp.add_argument("--partition", help="Slurm partition (default: cluster.partition, else Slurm's default)")
+    sp.add_argument("--time", help="each task's time limit: MINUTES, HH:MM:SS or D-HH:MM:SS")
+    sp.add_argument("--mem", help="each task's memory, as sbatch --mem (16G)")
+    sp.add_argument("--slurm", action="append", metavar="KEY=VALUE", help="more sbatch options (qos=high); repeatable")
+    sp.add_argument("--local-ok", action="store_true", help="allow SQLite / journal files (all tasks on one node)")
 
 
 def _study_file(args) -> str | None:
@@ -260,6 +276,50 @@ def cmd_worker(args) -> int:
     return EXIT_FAILED_TRIALS if produced.get("FAIL") else 0
 
 
+def cmd_submit(args) -> int:
+    from .run.slurm import check_request, executor, preflight, slurm_request
+
+    study = validate_inputs(args)
+    check_data_root(args.study, study)
+    storage_url, tracking_uri = store_urls(args, study)
+    flags = {k: getattr(args, k) for k in ("partition", "time", "mem", "cpus_per_worker", "gpus_per_worker")}
+    req = slurm_request(study, args.workers, flags, args.slurm or [])
+    check_request(storage_url, tracking_uri, args.local_ok)
+    ex = executor(req, study.name)
+    preflight(ex, req.workers)  # Slurm's own refusal, before anything is written
+
+    from .run import finish_parent, prepare, queue, start
+    from .run.slurm import submit
+
+    h = start(study, args.study, storage_url, tracking_uri, create=True)
+    info = prepare(h)
+    if queue.total(h) <= queue.done(h):
+        finish_parent(h)
+        print(f"study {study.name}: all {queue.total(h)} trials done; nothing submitted")
+        return 0
+    array = submit(h, ex, req, tracking_uri)
+    web = tracking_uri.startswith(("http://", "https://"))
+    print(f"submitted Slurm job {array['job_id']}: {req.workers} task(s) of bench worker on study {study.name} "
+          f"({queue.total(h)} trials: {queue.done(h)} done, {info['queued']} queued)")  # fmt: skip
+    print(f"logs: {array['log_folder']}/{array['job_id']}_<task>_0_log.out")
+    print(f"MLflow: {h.tracker.runs_url(tracking_uri) if web else f'{tracking_uri} (browse: bench ui {args.study})'}")
+    return 0
+
+
+def _arrays_table(arrays):
+    from rich.table import Table
+
+    from .run.slurm import array_counts, queue_states
+
+    table = Table(title="Slurm arrays (bench submit)")
+    for col in ("study", "job", "tasks", "pending", "running", "ended", "submitted", "logs"):
+        table.add_column(col)
+    keys = ("job_id", "tasks", "pending", "running", "ended", "submitted", "log_folder")
+    for name, row in zip([n for n, _ in arrays], array_counts([a for _, a in arrays], queue_states())):
+        table.add_row(name, *(str(row[k]) for k in keys))
+    return table
+
+
 def cmd_ls(args) -> int:
     import optuna
     from rich.console import Console
@@ -274,8 +334,11 @@ def cmd_ls(args) -> int:
     table = Table(title=f"studies in {url}")
     for col in ("study", "variant", *(s.lower() for s in STATES), "best"):
         table.add_column(col)
+    arrays = []
     for name in optuna.get_all_study_names(storage):
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        ostudy = optuna.load_study(study_name=name, storage=storage)
+        trials = ostudy.get_trials(deepcopy=False)
+        arrays += [(name, a) for a in ostudy.user_attrs.get(StudyAttr.SLURM_ARRAYS, [])]
         best: dict[str, float] = {}
         for t in trials:
             v = t.user_attrs.get(Attr.VARIANT, "?")
@@ -284,6 +347,8 @@ def cmd_ls(args) -> int:
         for v, c in sorted(_per_variant(trials).items()):
             table.add_row(name, v, *(str(c.get(s, 0)) for s in STATES), f"{best[v]:.4f}" if v in best else "")
     Console().print(table)
+    if arrays:
+        Console().print(_arrays_table(arrays))
     return 0
 
 
@@ -360,7 +425,7 @@ def _quiet_libraries(args) -> None:
         torch.set_num_threads(args.threads)
 
 
-COMMANDS = {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "worker": cmd_worker, "submit": cmd_submit, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 Three kinds of record carry a study:
 
 - Optuna user attributes of a trial (:class:`Attr`): what a worker needs to run it (its job key,
-  stored configuration, data section) and who runs it (host, pid, start time);
+  stored configuration, data section) and who runs it (host, pid, start time); of a study
+  (:class:`StudyAttr`): the Slurm arrays submitted for it;
 - MLflow tags of a run (:class:`Tag`, and the per-axis / per-role / per-state families below):
   what a report needs to group, pair and describe runs;
 - trial states (:data:`DONE`, :data:`LIVE`) and job stages (:class:`Stage`), as Optuna's state names
@@ -39,6 +40,12 @@ class Attr:
     WORKER_START = "worker_start"  # the pid's start time: written last
 
 
+class StudyAttr:
+    """Optuna user attributes of a study."""
+
+    SLURM_ARRAYS = "slurm_arrays"  # `bench submit`'s job arrays: [{job_id, tasks, submitted, log_folder}]
+
+
 class Tag:
     """MLflow tags of a study's parent run and of its trial runs."""
 
@@ -60,6 +67,10 @@ class Tag:
     PRUNED = "bench.pruned"
     SEARCH_SEEDS = "bench.search_seeds"  # comma-separated training seeds of a search trial
     HOST = "bench.host"
+    SLURM_JOB_ID = "bench.slurm_job_id"  # the array's job id (the job's own outside an array)
+    SLURM_ARRAY_TASK_ID = "bench.slurm_array_task_id"
+    SLURM_NODE = "bench.slurm_node"
+    GPUS = "bench.gpus"  # "<count> x <model>" where CUDA is available
     GIT_DIRTY = "bench.git_dirty"
 
 

@@ -1,16 +1,27 @@
 """Running a study: the startup sequence, the queue of trials, the worker loop, one trial's
-lifecycle and the method's pipeline (stage 1, pseudo labels, stage 2), and the torchrun entry
-point (:mod:`bench.run.ddp`)."""
+lifecycle and the method's pipeline (stage 1, pseudo labels, stage 2), the torchrun entry point
+(:mod:`bench.run.ddp`) and the Slurm launcher (:mod:`bench.run.slurm`).
 
-from . import queue
-from .pipeline import TrialContext
-from .queue import prepare
-from .splits import TuneSplits, tune_splits
-from .startup import StudyHandle, load_data, start
-from .trial import run_trial
-from .worker import finish_parent, run_in_process, run_workers, wait_for_others, work
+Names are imported from their module on first use (as in :mod:`bench.stores`), so a command that
+needs only a light module of this package (``bench ls`` reads Slurm's queue) never imports torch.
+"""
 
-__all__ = [
-    "StudyHandle", "TrialContext", "TuneSplits", "finish_parent", "load_data", "prepare", "queue", "run_in_process",
-    "run_trial", "run_workers", "start", "tune_splits", "wait_for_others", "work",
-]
+from __future__ import annotations
+
+import importlib
+
+_HOME = {
+    "TrialContext": "pipeline",
+    "prepare": "queue",
+    **dict.fromkeys(("TuneSplits", "tune_splits"), "splits"),
+    **dict.fromkeys(("StudyHandle", "load_data", "start"), "startup"),
+    "run_trial": "trial",
+    **dict.fromkeys(("finish_parent", "run_in_process", "run_workers", "wait_for_others", "work"), "worker"),
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

@@ -11,6 +11,7 @@ validated before, with light imports only (:func:`bench.study.load_study`).
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tkp_pcl.model import check_pretrained_file
 from ..stores import Tracker, open_storage
 from ..study import Study, StudyError, check_study_file, search_variant, study_jobs, variant_config
 from .splits import TuneSplits, tune_splits
+from .trial import objective_metric
 
 
 @dataclass
@@ -89,6 +91,10 @@ def open_study(study: Study, path: str, storage_url: str, tracking_uri: str, dat
     if create:
         direction = study.search.direction if study.search else "maximize"
         ostudy = optuna.create_study(direction=direction, load_if_exists=True, **kw)
+        if ostudy.metric_names != [objective_metric(study)]:  # optuna-dashboard names the objective
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ostudy.set_metric_names([objective_metric(study)])
     else:
         ostudy = optuna.load_study(**kw)
     tracker = Tracker(tracking_uri, study.name, study.description)

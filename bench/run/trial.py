@@ -9,6 +9,7 @@ and logs the metrics and artifacts; the lifecycle tells Optuna and ends the run 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import traceback
@@ -69,10 +70,33 @@ def claimed_job(ctx: TrialContext, trial: optuna.Trial) -> Job:
                attrs.get(Attr.CONFIRM_OF), attrs.get(Attr.CONFIRM_RANK))  # fmt: skip
 
 
+#: where a run ran under Slurm: each tag and the variables Slurm sets for it (the first set wins)
+SLURM_ENV = (
+    (Tag.SLURM_JOB_ID, ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID")),
+    (Tag.SLURM_ARRAY_TASK_ID, ("SLURM_ARRAY_TASK_ID",)),
+    (Tag.SLURM_NODE, ("SLURMD_NODENAME",)),
+)
+
+
+def where_tags(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Where this process runs: its Slurm job, array task and node (read from Slurm's
+    environment variables; none outside Slurm) and the GPUs it sees."""
+    import torch
+
+    tags = {}
+    for tag, names in SLURM_ENV:
+        value = next((env[n] for n in names if env.get(n)), None)
+        if value:
+            tags[tag] = value
+    if torch.cuda.is_available():
+        tags[Tag.GPUS] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return tags
+
+
 def run_tags(ctx: TrialContext, trial: optuna.Trial, job: Job) -> dict[str, Any]:
     """The tags a trial's run opens with: what it is (variant, seed, job, stage, grid point,
-    confirmed trial) and where it runs."""
-    tags = {Tag.VARIANT: job.variant, Tag.SEED: job.seed, Tag.TRIAL: trial.number, Tag.JOB_KEY: job.key,
+    confirmed trial) and where it runs (:func:`where_tags`)."""
+    tags = {**where_tags(), Tag.VARIANT: job.variant, Tag.SEED: job.seed, Tag.TRIAL: trial.number, Tag.JOB_KEY: job.key,
             Tag.CONFIG_HASH: job.config_hash, Tag.DEVICE: job.config.train.device, Tag.OPTUNA_STUDY: ctx.study.name,
             Tag.WORLD_SIZE: distributed()[2], **{grid_tag(k): v for k, v in job.grid.items()}, Tag.STAGE: job.stage}  # fmt: skip
     if job.confirm_of is not None:
@@ -213,6 +237,11 @@ def _train_seeds(ctx: TrialContext, trial, life, job: Job, seeds: list[int]) -> 
     return per_seed, first, paths
 
 
+def objective_metric(study) -> str:
+    """The metric a trial's Optuna value is: the search's, else a grid study's pseudo-label mIoU."""
+    return study.search.metric if study.search else "pseudo_miou"
+
+
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     """Run a claimed (RUNNING) trial to its end; return its final state. Never raises for a
     failing trial (it is marked FAIL in Optuna and FAILED in MLflow); re-raises interrupts and
@@ -227,7 +256,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     study, tctx = ctx.study, ctx.for_stage(job.stage)
     seeds = study.search.seeds if job.stage == Stage.SEARCH else [job.seed]
     prefix = "tune_" if job.stage == Stage.SEARCH and tctx.tune is not None else ""
-    objective = study.search.metric if study.search else "pseudo_miou"
+    objective = objective_metric(study)
     paths = []
     with TrialLifecycle(ctx, trial, job) as life:
         ctx.tracker.set_tags(life.run_id, split_tags(tctx.splits))

@@ -40,6 +40,8 @@ def work(h, on_progress=None, on_trial_end=None, before_stage1: Callable | None 
             if queue.confirmation_pending(h):
                 time.sleep(poll)
                 continue
+            if queue.total(h) <= queue.done(h):
+                finish_parent(h)  # the last worker of an array (or of machines) closes the study's parent run
             return produced
         with heartbeat(h.storage, h.optuna_study, trial):
             state = run_trial(ctx, trial)

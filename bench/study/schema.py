@@ -172,6 +172,28 @@ class TrackingConfig(_Strict):
         return v
 
 
+SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+
+
+class ClusterConfig(_Strict):
+    """Where ``bench submit`` runs the study's workers (Slurm settings; its flags win). Execution
+    settings: outside every configuration's identity, so changing them never re-runs a trial."""
+
+    partition: str | None = None
+    time: str | None = None  # a worker's time limit: MINUTES, HH:MM:SS or D-HH:MM:SS
+    mem: str | None = None  # per worker, as sbatch --mem (16G)
+    cpus_per_worker: int | None = Field(None, ge=1)
+    gpus_per_worker: int | None = Field(None, ge=0)
+    slurm: dict[str, str | int] = Field(default_factory=dict)  # more sbatch options: {qos: high, account: lab}
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, v: str | None) -> str | None:
+        if v is not None and not SLURM_TIME.match(v):
+            raise ValueError("a Slurm time limit: MINUTES, HH:MM:SS or D-HH:MM:SS")
+        return v
+
+
 class Study(_Strict):
     """A study file. ``description`` becomes the MLflow experiment's description."""
 
@@ -186,6 +208,7 @@ class Study(_Strict):
     search: SearchConfig | None = None
     confirm: ConfirmConfig | None = None
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     _jobs: list | None = PrivateAttr(None)  # its grid jobs, computed once (bench.study.jobs.study_jobs)
 
     @field_validator("name")

@@ -1,0 +1,158 @@
+"""`bench submit` on a real Slurm: the smoke study as a job array on PostgreSQL (Optuna) and a
+SQLite MLflow store (`--local-ok`: one node), a task cancelled mid-trial, and the bad inputs.
+
+Needs a running Slurm (TKP_BENCH_SLURM=1: `.ci/run` starts one with .ci/slurm.sh) and
+TKP_BENCH_PG_URL (.ci/postgres.sh); skipped without them, failed without them in CI (CI=true).
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import child_runs, write_study
+
+PG_URL = os.environ.get("TKP_BENCH_PG_URL")
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+
+@pytest.fixture(autouse=True)
+def slurm():
+    """Skip where Slurm or PostgreSQL is missing (a developer's shell); fail in CI."""
+    missing = []
+    if not os.environ.get("TKP_BENCH_SLURM"):
+        missing.append("TKP_BENCH_SLURM not set (start a one-node Slurm with .ci/slurm.sh)")
+    elif subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+        missing.append("sinfo fails: no Slurm controller running (.ci/slurm.sh)")
+    if not PG_URL:
+        missing.append("TKP_BENCH_PG_URL not set (see .ci/postgres.sh)")
+    if missing:
+        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)("; ".join(missing))
+
+
+def bench(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)  # fmt: skip
+
+
+def submit(study: Path, cwd: Path, *flags) -> str:
+    """``bench submit``; returns the array's job id."""
+    r = bench(
+        "submit", study, "--storage", PG_URL, "--tracking-uri", "sqlite:///mlflow.db", "--local-ok", *flags, cwd=cwd
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"submitted Slurm job (\d+)", r.stdout)
+    assert m, r.stdout
+    assert "logs: " in r.stdout and "MLflow: " in r.stdout
+    return m.group(1)
+
+
+def queued(job_id: str) -> list[str]:
+    """The job's tasks still in Slurm's queue, as ``<id>_<task> <state>``."""
+    out = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%i %T"], capture_output=True, text=True).stdout
+    return out.split("\n") if out.strip() else []
+
+
+def wait_gone(job_id: str, timeout: float = 900) -> None:
+    deadline = time.time() + timeout
+    while queued(job_id):
+        if time.time() > deadline:
+            subprocess.run(["scancel", job_id])
+            pytest.fail(f"Slurm job {job_id} still queued after {timeout} s: {queued(job_id)}")
+        time.sleep(2)
+
+
+def trials(name: str):
+    return optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(PG_URL)).get_trials()
+
+
+def test_array_runs_every_trial_once_and_tags_where(tmp_path):
+    name = f"slurm_{uuid.uuid4().hex[:8]}"
+    study = write_study(tmp_path / "s.yaml", name=name)
+    job = submit(study, tmp_path, "--workers", 2)
+    wait_gone(job)
+
+    ts = trials(name)
+    assert sorted(t.user_attrs["job_key"] for t in ts) == ["tkp-pcl|seed=0", "vit-pcm|seed=0"]
+    assert {t.state.name for t in ts} == {"COMPLETE"}
+    children, parents = child_runs(f"sqlite:///{tmp_path}/mlflow.db", name)
+    assert len(children) == 2 and set(children["status"]) == {"FINISHED"}
+    assert len(parents) == 1 and set(parents["status"]) == {"FINISHED"}
+    assert set(children["tags.bench.slurm_job_id"]) == {job}
+    assert set(children["tags.bench.slurm_array_task_id"]) <= {"0", "1"}
+    assert set(children["tags.bench.slurm_node"]) == {socket.gethostname()}
+
+    ls = bench("ls", "--storage", PG_URL, cwd=tmp_path, env={**os.environ, "COLUMNS": "250"})
+    assert ls.returncode == 0, ls.stderr
+    row = next(line for line in ls.stdout.splitlines() if f" {job} " in line and name in line)
+    assert re.search(rf"{job}\s*│\s*2\s*│\s*0\s*│\s*0\s*│\s*2\s*│", row), row  # tasks, pending, running, ended
+
+    again = bench("submit", study, "--storage", PG_URL, "--tracking-uri", "sqlite:///mlflow.db", "--local-ok",
+                  "--workers", 2, cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0 and "all 2 trials done; nothing submitted" in again.stdout, again.stdout + again.stderr
+    arrays = optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(PG_URL)).user_attrs["slurm_arrays"]
+    assert [a["job_id"] for a in arrays] == [job]
+
+
+def _running_with_epochs(name: str, n: int) -> bool:
+    running = [t for t in trials(name) if t.state.name == "RUNNING"]
+    return len(running) == n and all(t.user_attrs.get("epoch", 0) >= 1 for t in running)
+
+
+def test_cancelled_task_then_submit_again_finishes_every_trial_once(tmp_path):
+    name = f"slurm_cancel_{uuid.uuid4().hex[:8]}"
+    study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 8}, name=name)
+    job = submit(study, tmp_path, "--workers", 2)
+    deadline = time.time() + 300
+    while not _running_with_epochs(name, 2):
+        assert time.time() < deadline, (
+            f"two trials never ran together: {[(t.number, t.state.name) for t in trials(name)]}"
+        )
+        time.sleep(1)
+    subprocess.run(["scancel", f"{job}_1"], check=True)
+    wait_gone(job)
+    assert any(t.state.name != "COMPLETE" for t in trials(name)), "the cancelled task's trial finished anyway"
+
+    again = submit(study, tmp_path, "--workers", 1)
+    wait_gone(again)
+    ts = trials(name)
+    done = sorted(t.user_attrs["job_key"] for t in ts if t.state.name == "COMPLETE")
+    assert done == ["tkp-pcl|seed=0", "vit-pcm|seed=0"], [
+        (t.number, t.state.name, t.user_attrs.get("error")) for t in ts
+    ]
+    children, parents = child_runs(f"sqlite:///{tmp_path}/mlflow.db", name)
+    finished = children[children["status"] == "FINISHED"]
+    assert sorted(finished["tags.bench.job_key"]) == done  # nothing twice
+    resumed = finished[finished["tags.bench.slurm_job_id"] == again]
+    assert len(resumed) == 1 and int(resumed["tags.bench.resumed_from_epoch"].iloc[0]) >= 1  # from its checkpoint
+    assert set(children["tags.bench.slurm_job_id"]) == {job, again}
+    assert len(parents) == 1 and set(parents["status"]) == {"FINISHED"}
+
+
+def test_bad_inputs_are_one_line_and_submit_nothing(tmp_path):
+    name = f"slurm_bad_{uuid.uuid4().hex[:8]}"
+    study = write_study(tmp_path / "s.yaml", name=name)
+    before = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout
+    pg = ["--storage", PG_URL, "--tracking-uri", "sqlite:///mlflow.db"]
+    cases = [
+        (["--workers", 0, *pg, "--local-ok"], None, "--workers must be >= 1"),
+        (["--workers", 2, "--tracking-uri", "http://127.0.0.1:5000"], None, "Optuna storage journal:"),
+        (["--workers", 2, *pg], None, "MLflow tracking URI sqlite:"),
+        (["--workers", 2, *pg, "--local-ok", "--partition", "no-such-partition"], None, "Slurm refused the request: "),
+        (["--workers", 2, *pg, "--local-ok", "--mem", "100000G"], None, "Slurm refused the request: "),
+        (["--workers", 2, *pg, "--local-ok"], {**os.environ, "PATH": str(tmp_path)}, "sbatch not found"),
+    ]
+    for flags, env, expected in cases:
+        r = bench("submit", study, *flags, cwd=tmp_path, env=env, timeout=120)
+        assert r.returncode == 2, (flags, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bench: error: ") and expected in lines[0], (flags, r.stderr)
+    after = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout
+    assert set(after.split()) <= set(before.split())
+    assert name not in optuna.get_all_study_names(optuna.storages.RDBStorage(PG_URL))
