@@ -2,19 +2,21 @@
 is done by :mod:`bench.run`, :mod:`bench.stores` and :mod:`bench.report`.
 
 Exit codes: 0 done; 1 some trials failed (run again to retry them); 2 bad input (study file,
-data, storage), with a one-line message on stderr.
+data, storage), with a one-line message on stderr; 130 / 143 stopped by SIGINT (Ctrl-C) /
+SIGTERM, with one line (the trial is resumed by the same command; :mod:`bench.signals`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 from .records import Attr
+from .signals import exit_code, signum_of, stop_on_signals
 from .study import (  # pydantic + PyYAML only: a bad file fails fast
     Study, StudyError, check_data_root, input_error_types, load_study, with_execution_values,
 )  # fmt: skip
@@ -214,7 +216,6 @@ def cmd_worker(args) -> int:
 
     study = validate_inputs(args)
     storage_url, tracking_uri = store_urls(args, study)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         h = start(study, args.study, storage_url, tracking_uri, create=False)
     except KeyError:
@@ -314,21 +315,34 @@ def _quiet_libraries(args) -> None:
 COMMANDS = {"run": cmd_run, "worker": cmd_worker, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}
 
 
+# commands that train or serve: SIGTERM stops them as Ctrl-C does (bench.signals)
+LONG_RUNNING = ("run", "worker", "ui")
+
+
+def interrupted_line(e: BaseException, command: str) -> str:
+    """The one line a command stopped by SIGINT / SIGTERM ends with."""
+    import signal
+
+    then = "the MLflow UI is stopped" if command == "ui" else "run the same command again to resume"
+    return f"bench: interrupted ({signal.Signals(signum_of(e)).name}); {then}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-    try:
-        validate_inputs(args)  # before any heavy import: a bad study file fails in a fraction of a second
-        _quiet_libraries(args)
-        return COMMANDS[args.command](args)
-    except input_error_types() as e:
-        msg = str(e)
-        if type(e).__name__ == "DataError" and _study_file(args):
-            msg = f"{_study_file(args)}: data: {msg}"  # found while loading the data set
-        return _err(msg)
-    except KeyboardInterrupt:
-        print("bench: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    with stop_on_signals() if args.command in LONG_RUNNING else nullcontext():
+        try:
+            validate_inputs(args)  # before any heavy import: a bad study file fails in a fraction of a second
+            _quiet_libraries(args)
+            return COMMANDS[args.command](args)
+        except input_error_types() as e:
+            msg = str(e)
+            if type(e).__name__ == "DataError" and _study_file(args):
+                msg = f"{_study_file(args)}: data: {msg}"  # found while loading the data set
+            return _err(msg)
+        except KeyboardInterrupt as e:
+            print(interrupted_line(e, args.command), file=sys.stderr)
+            return exit_code(e)
 
 
 if __name__ == "__main__":

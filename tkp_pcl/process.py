@@ -7,8 +7,11 @@ import ctypes
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["die_with_parent"]
+__all__ = ["die_with_parent", "signals_held"]
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -26,3 +29,23 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     return os.getppid() == parent_pid
+
+
+@contextmanager
+def signals_held(signals=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Hold ``signals`` back while the block runs (each one that came is raised again on leaving,
+    to the handler in place before): around starting a process, whose at-fork callbacks would
+    swallow the ``KeyboardInterrupt`` a Python handler raises there. Main thread only (elsewhere
+    nothing is held)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)

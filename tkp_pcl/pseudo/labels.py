@@ -22,7 +22,7 @@ from ..data import Split, save_label_png
 from ..imaging import resize_image
 from ..metrics import confusion_matrix
 from ..model import PatchClassifier
-from ..process import die_with_parent
+from ..process import die_with_parent, signals_held
 from ..stage1.maps import normalise_class_maps, to_grid
 from .crf import crf_refine
 
@@ -146,7 +146,11 @@ class _Labeller:
                 continue
             classes = np.flatnonzero(self.all_labels[i])
             args = (imgs[j], probs_all[j].numpy()[classes], classes, self.cfg.crf)
-            job = self.pool.submit(_crf_job, *args) if self.pool else _crf_job(*args)
+            if self.pool:
+                with signals_held():  # may start a pool process
+                    job = self.pool.submit(_crf_job, *args)
+            else:
+                job = _crf_job(*args)
             self.pending.append((i, mask, job))
             while len(self.pending) > 4 * self.cfg.workers:
                 self._finish(*self.pending.popleft())
