@@ -9,7 +9,9 @@ SIGTERM, with one line (the trial is resumed by the same command; :mod:`bench.si
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from collections import Counter
 from contextlib import nullcontext
@@ -276,17 +278,43 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port this host cannot listen on (in use, not allowed) before the server starts."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server: a closed port in TIME_WAIT is free
+            s.bind((host, port))
+    except OSError as e:
+        if getattr(e, "errno", None) == errno.EADDRINUSE:
+            raise StudyError(f"port {port} on {host} is in use; pass --port") from None
+        raise StudyError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def cmd_ui(args) -> int:
+    """The MLflow server as a child in its own process group; SIGINT/SIGTERM stop the whole
+    group (server, job runner, workers). Otherwise the server's exit status."""
+    import subprocess
+
+    from tkp_pcl.process import signals_held
+
+    from .signals import stop_processes
     from .stores import Tracker
 
     study = validate_inputs(args)
     _, uri = store_urls(args, study)
+    _check_port(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
     url = Tracker(uri, study.name).runs_url(base) if study else base
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI for {uri}: {url}", file=sys.stderr, flush=True)
-    os.execv(sys.executable, cmd)
-    return 0
+    with signals_held():
+        server = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return server.wait()
+    except BaseException:
+        stop_processes([server], group=True, timeout=30)
+        raise
 
 
 def cmd_data(args) -> int:

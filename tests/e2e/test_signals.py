@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -168,3 +170,44 @@ def test_signals_to_bench_run_with_two_workers_stop_the_workers_once(tmp_path, m
             log = (tmp_path / f".bench/smoke/worker-{i}.log").read_text()
             assert "Traceback" not in log, log
     assert_finishes(study, tmp_path, monkeypatch, ["tkp-pcl", "vit-pcm"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bench_ui_on_a_port_in_use_is_one_line_exit_2(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = start_bench("ui", "--port", str(port), cwd=tmp_path)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.strip() == f"bench: error: port {port} on 127.0.0.1 is in use; pass --port"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
+def test_signal_to_bench_ui_stops_the_server_and_frees_the_port(tmp_path, sig):
+    port = _free_port()
+    proc = start_bench("ui", "--port", str(port), cwd=tmp_path)
+    deadline, status = time.time() + 90, None
+    while time.time() < deadline and status is None:
+        try:
+            status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
+        except OSError:
+            time.sleep(0.5)
+    assert status == 200
+    server = descendants(proc.pid)
+    assert len(server) >= 3  # mlflow ui, uvicorn and its workers, the job runner
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert_one_line(err, f"bench: interrupted ({sig.name}); the MLflow UI is stopped")
+    assert not wait_gone(server, timeout=10)
+    with socket.socket() as s:  # the port is free again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
