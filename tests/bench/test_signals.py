@@ -113,3 +113,24 @@ def _pgid(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
     except OSError:
         return None
+
+
+def test_a_store_error_that_comes_of_an_interrupt_is_the_interrupt(monkeypatch):
+    """SQLAlchemy / MLflow wrap a KeyboardInterrupt raised inside them into their own errors:
+    once a signal came, that is the interrupt, not "MLflow store failed"."""
+    import bench.signals
+    from bench.stores.mlflow_store import TrackingStoreError, _store_call
+
+    class Store:
+        uri = "sqlite:///x.db"
+
+        @_store_call
+        def write(self):
+            raise RuntimeError("(sqlite3.OperationalError) interrupted")
+
+    with pytest.raises(TrackingStoreError):
+        Store().write()
+    monkeypatch.setattr(bench.signals, "_received", [signal.SIGTERM])
+    with pytest.raises(Interrupted) as e:
+        Store().write()
+    assert e.value.signum == signal.SIGTERM
