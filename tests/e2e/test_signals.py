@@ -99,16 +99,18 @@ def running_trials(cwd: Path) -> list[int]:
     return [t.number for t in journal_study(cwd).get_trials(states=(optuna.trial.TrialState.RUNNING,))]
 
 
-def assert_resumable(cwd: Path, monkeypatch, trials: int, interrupted: list[int]) -> None:
-    """No trial or run left RUNNING: each interrupted trial is FAIL in Optuna (not finished
-    after the signal), KILLED (or FAILED) in MLflow."""
+def assert_resumable(cwd: Path, monkeypatch, trials: int, interrupted: list[int], runs_closed: bool = True) -> None:
+    """No trial left RUNNING: each interrupted trial is FAIL in Optuna (not finished after the
+    signal); with ``runs_closed``, its run KILLED (or FAILED) in MLflow. (An interrupt that lands
+    inside an MLflow SQLite write can leave that run RUNNING; the next ``bench run`` ends it.)"""
     st = journal_study(cwd)
     assert len(st.trials) == trials
     assert {t.number: t.state.name for t in st.trials if t.number in interrupted} == dict.fromkeys(interrupted, "FAIL")
     assert not st.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    monkeypatch.chdir(cwd)
-    children, _ = child_runs(URI, "smoke")
-    assert "RUNNING" not in set(children["status"]), children[["status", "tags.bench.error"]]
+    if runs_closed:
+        monkeypatch.chdir(cwd)
+        children, _ = child_runs(URI, "smoke")
+        assert "RUNNING" not in set(children["status"]), children[["status", "tags.bench.error"]]
 
 
 def assert_finishes(study: Path, cwd: Path, monkeypatch, variants: list[str]) -> None:
@@ -119,6 +121,7 @@ def assert_finishes(study: Path, cwd: Path, monkeypatch, variants: list[str]) ->
     children, parents = child_runs(URI, "smoke")
     finished = children[children["status"] == "FINISHED"]
     assert sorted(finished["tags.bench.variant"]) == sorted(variants)  # each once
+    assert "RUNNING" not in set(children["status"])  # every interrupted run ended
     assert parents.iloc[0]["status"] == "FINISHED"
 
 
@@ -165,7 +168,7 @@ def test_signals_to_bench_run_with_two_workers_stop_the_workers_once(tmp_path, m
         if sig != signal.SIGKILL:
             assert_one_line(err, f"bench: interrupted ({sig.name}); {RESUME}")
         assert not wait_gone(workers), f"after {sig.name}: workers left running"
-        assert_resumable(tmp_path, monkeypatch, trials=2 * k, interrupted=running)
+        assert_resumable(tmp_path, monkeypatch, trials=2 * k, interrupted=running, runs_closed=False)
         for i in range(2):
             log = (tmp_path / f".bench/smoke/worker-{i}.log").read_text()
             assert "Traceback" not in log, log
