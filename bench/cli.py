@@ -2,19 +2,23 @@
 is done by :mod:`bench.run`, :mod:`bench.stores` and :mod:`bench.report`.
 
 Exit codes: 0 done; 1 some trials failed (run again to retry them); 2 bad input (study file,
-data, storage), with a one-line message on stderr.
+data, storage), with a one-line message on stderr; 130 / 143 stopped by SIGINT (Ctrl-C) /
+SIGTERM, with one line (the trial is resumed by the same command; :mod:`bench.signals`).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
-import signal
+import socket
 import sys
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 from .records import Attr, StudyAttr
+from .signals import exit_code, signum_of, stop_on_signals
 from .stores.errors import StoreError, TrackingStoreError  # light: no Optuna, no MLflow
 from .study import (  # pydantic + PyYAML only: a bad file fails fast
     Study, StudyError, check_data_root, input_error_types, load_study, with_execution_values,
@@ -256,7 +260,6 @@ def cmd_worker(args) -> int:
 
     study = validate_inputs(args)
     storage_url, tracking_uri = store_urls(args, study)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         h = start(study, args.study, storage_url, tracking_uri, create=False)
     except KeyError:
@@ -386,17 +389,43 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port this host cannot listen on (in use, not allowed) before the server starts."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server: a closed port in TIME_WAIT is free
+            s.bind((host, port))
+    except OSError as e:
+        if getattr(e, "errno", None) == errno.EADDRINUSE:
+            raise StudyError(f"port {port} on {host} is in use; pass --port") from None
+        raise StudyError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def cmd_ui(args) -> int:
+    """The MLflow server as a child in its own process group; SIGINT/SIGTERM stop the whole
+    group (server, job runner, workers). Otherwise the server's exit status."""
+    import subprocess
+
+    from tkp_pcl.process import signals_held
+
+    from .signals import stop_processes
     from .stores import Tracker
 
     study = validate_inputs(args)
     _, uri = store_urls(args, study)
+    _check_port(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
     url = Tracker(uri, study.name).runs_url(base) if study else base
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI for {uri}: {url}", file=sys.stderr, flush=True)
-    os.execv(sys.executable, cmd)
-    return 0
+    with signals_held():
+        server = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return server.wait()
+    except BaseException:
+        stop_processes([server], group=True, timeout=30)
+        raise
 
 
 def cmd_data(args) -> int:
@@ -428,23 +457,36 @@ def _quiet_libraries(args) -> None:
 COMMANDS = {"run": cmd_run, "worker": cmd_worker, "submit": cmd_submit, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}  # fmt: skip
 
 
+# commands that train or serve: SIGTERM stops them as Ctrl-C does (bench.signals)
+LONG_RUNNING = ("run", "worker", "ui")
+
+
+def interrupted_line(e: BaseException, command: str) -> str:
+    """The one line a command stopped by SIGINT / SIGTERM ends with."""
+    import signal
+
+    then = "the MLflow UI is stopped" if command == "ui" else "run the same command again to resume"
+    return f"bench: interrupted ({signal.Signals(signum_of(e)).name}); {then}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-    try:
-        validate_inputs(args)  # before any heavy import: a bad study file fails in a fraction of a second
-        _quiet_libraries(args)
-        return COMMANDS[args.command](args)
-    except input_error_types() as e:
-        msg = str(e)
-        if type(e).__name__ == "DataError" and _study_file(args):
-            msg = f"{_study_file(args)}: data: {msg}"  # found while loading the data set
-        return _err(msg)
-    except StoreError as e:  # `bench ls` / `report` on a damaged journal, a store failing at startup
-        return _store_failed(e)
-    except KeyboardInterrupt:
-        print("bench: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    with stop_on_signals() if args.command in LONG_RUNNING else nullcontext():
+        try:
+            validate_inputs(args)  # before any heavy import: a bad study file fails in a fraction of a second
+            _quiet_libraries(args)
+            return COMMANDS[args.command](args)
+        except input_error_types() as e:
+            msg = str(e)
+            if type(e).__name__ == "DataError" and _study_file(args):
+                msg = f"{_study_file(args)}: data: {msg}"  # found while loading the data set
+            return _err(msg)
+        except StoreError as e:  # `bench ls` / `report` on a damaged journal, a store failing at startup
+            return _store_failed(e)
+        except KeyboardInterrupt as e:
+            print(interrupted_line(e, args.command), file=sys.stderr)
+            return exit_code(e)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ goes through the same startup sequence and worker loop as ``bench run`` (:func:`
 for a confirmation stage) and does all Optuna and MLflow work, pseudo labels and stage 2; before
 each stage-1 training (one per seed of a search trial) it sends the configuration to the other
 ranks, which only join stage-1 training. Backend: NCCL on CUDA, gloo on the CPU.
+
+SIGINT / SIGTERM (torchrun passes them on to every rank as SIGTERM) are handled as by ``bench``
+(:mod:`bench.signals`): rank 0 closes its trial as interrupted and prints the one line, every
+rank exits with 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import torch.distributed as dist
 from tkp_pcl.config import MethodConfig
 from tkp_pcl.stage1 import train_stage1
 
+from ..signals import exit_code, stop_on_signals
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run.ddp")
@@ -33,11 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=dt.timedelta(hours=3))
-    try:
-        return rank_zero(args) if dist.get_rank() == 0 else other_rank(args)
-    finally:
-        dist.destroy_process_group()
+    with stop_on_signals():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=dt.timedelta(hours=3))
+        rank = dist.get_rank()
+        try:
+            return rank_zero(args) if rank == 0 else other_rank(args)
+        except KeyboardInterrupt as e:
+            if rank == 0:
+                from ..cli import interrupted_line
+
+                print(interrupted_line(e, "run"), file=sys.stderr)
+            return exit_code(e)
+        finally:
+            dist.destroy_process_group()
 
 
 def _broadcast(obj):
@@ -74,6 +88,8 @@ def rank_zero(args) -> int:
         stop_others()
         print(f"bench: error: {e}", file=sys.stderr)
         return e.exit_code if isinstance(e, StoreError) else EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # every rank is being stopped (torchrun signals them all): no broadcast
+        raise
     except BaseException:
         stop_others()
         raise

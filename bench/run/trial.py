@@ -190,7 +190,8 @@ class TrialLifecycle:
             tracker.log_text(run, "".join(traceback.format_exception(e)), "error.txt")
             tracker.end(run, "FAILED")
             return True
-        tracker.set_tags(run, {Tag.STATE: "FAIL", Tag.ERROR: "interrupted"})  # checkpoint kept
+        why = f"interrupted ({e})" if str(e) else "interrupted"  # bench.signals.Interrupted names its signal
+        tracker.set_tags(run, {Tag.STATE: "FAIL", Tag.ERROR: why})  # checkpoint kept
         tracker.end(run, "KILLED")
         return False
 

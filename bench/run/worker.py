@@ -20,7 +20,10 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tkp_pcl.process import signals_held
+
 from ..records import Attr, trials_tag
+from ..signals import child_env, raise_if_stopping, signum_of, stop_processes
 from ..stores import heartbeat
 from . import queue
 from .trial import TrialContext, run_trial
@@ -34,6 +37,7 @@ def work(h, on_progress=None, on_trial_end=None, before_stage1: Callable | None 
                        on_progress, before_stage1)  # fmt: skip
     produced: Counter = Counter()
     while True:
+        raise_if_stopping()
         queue.close_dead_trials(h)
         trial = queue.next_trial(h)
         if trial is None:
@@ -56,6 +60,7 @@ def wait_for_others(h, poll: float = 2.0) -> None:
     is a trial recorded as this process's (it runs none now), so no trial is waited for forever.
     A journal deleted meanwhile stops the wait (:class:`bench.stores.StudyStoreError`)."""
     while h.trials(states=(TrialState.RUNNING,)):
+        raise_if_stopping()
         queue.close_dead_trials(h, own=True)
         if not h.trials(states=(TrialState.RUNNING,)):
             return
@@ -85,34 +90,37 @@ def run_in_process(h) -> Counter:
 
 
 def _spawn(h, study_path: str, tracking_uri: str, n: int) -> list[subprocess.Popen]:
+    """``n`` ``bench worker`` processes, each in its own session (a terminal's Ctrl-C reaches
+    only this process, which passes it on once) and tied to this process (SIGTERM if it dies,
+    even by ``kill -9``)."""
     threads = max(1, (os.cpu_count() or 1) // n)
     procs = []
     for i in range(n):
-        log = open(h.workdir / f"worker-{i}.log", "w")
         cmd = [sys.executable, "-m", "bench.cli", "worker", study_path, "--storage", h.storage_url,
                "--tracking-uri", tracking_uri, "--threads", str(threads), "--quiet"]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        with open(h.workdir / f"worker-{i}.log", "w") as log, signals_held():
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env()))
     return procs
 
 
 def run_workers(h, study_path: str, tracking_uri: str, n: int) -> None:
-    """``n`` worker processes (``bench worker``) on this study; progress read from the storage."""
+    """``n`` worker processes (``bench worker``) on this study; progress read from the storage.
+    Interrupted (SIGINT, SIGTERM) or failing, it sends each worker that signal once (SIGTERM on
+    an error) and waits for them to close their trials."""
     h.workdir.mkdir(parents=True, exist_ok=True)
     procs = _spawn(h, study_path, tracking_uri, n)
     try:
         with _progress() as prog:
             task = prog.add_task(f"trials ({n} workers)", total=queue.total(h), info="")
             while any(p.poll() is None for p in procs):
+                raise_if_stopping()
                 running = h.trials(states=(TrialState.RUNNING,))
                 info = ", ".join(f"{t.user_attrs.get(Attr.JOB_KEY, t.number)} ep {t.user_attrs.get(Attr.EPOCH, 0)}" for t in running)
                 prog.update(task, completed=queue.done(h), info=info[:120])
                 time.sleep(1.0)
             prog.update(task, completed=queue.done(h), info="")
-    except KeyboardInterrupt:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait(timeout=60)
+    except BaseException as e:
+        stop_processes(procs, signum_of(e) if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
         raise
     bad = [i for i, p in enumerate(procs) if p.returncode not in (0, 1)]
     if bad:

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from ..records import ROLE_STUDY, ROLE_TRIAL, Tag
+from ..signals import Interrupted, stop_requested
 from .errors import TrackingStoreError
 from .file_lock import file_lock
 
@@ -75,7 +76,8 @@ def _root_cause(e: BaseException, outside: BaseException | None = None) -> BaseE
 
 
 def _store_call(method):
-    """Turn any failure of the MLflow store inside a Tracker method into one TrackingStoreError."""
+    """Turn any failure of the MLflow store inside a Tracker method into one TrackingStoreError;
+    one that comes of a SIGINT/SIGTERM received meanwhile is that interrupt (bench.signals)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -85,6 +87,8 @@ def _store_call(method):
         except TrackingStoreError:
             raise
         except Exception as e:
+            if (signum := stop_requested()) is not None:  # an interrupt MLflow or SQLAlchemy wrapped
+                raise Interrupted(signum) from e
             cause = _root_cause(e, outside=in_flight)
             first = (str(cause).strip().splitlines() or [""])[0][:200]
             err = TrackingStoreError(self.uri, f"{type(cause).__name__}: {first}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -20,6 +22,7 @@ from ..data import Split, save_label_png
 from ..imaging import resize_image
 from ..metrics import confusion_matrix
 from ..model import PatchClassifier
+from ..process import die_with_parent, signals_held
 from ..stage1.maps import normalise_class_maps, to_grid
 from .crf import crf_refine
 
@@ -87,12 +90,23 @@ def _label_dirs(out_dir: str | Path | None, use_crf: bool) -> dict[str, Path]:
     return dirs
 
 
+def _crf_worker_init(parent_pid: int) -> None:
+    """A CRF process dies with the process that started it (even a ``kill -9`` of it); it
+    ignores Ctrl-C (the parent handles the interrupt and shuts the pool down) and takes the
+    default SIGTERM (not the parent's handler, inherited by a fork)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not die_with_parent(parent_pid, signal.SIGKILL):
+        os._exit(1)  # the parent is already gone
+
+
 def _crf_pool(workers: int) -> ProcessPoolExecutor | None:
-    """A pool of ``workers`` CRF processes (fork where available); None for one worker (in process)."""
+    """A pool of ``workers`` CRF processes (fork where available) tied to this process; None for
+    one worker (in process)."""
     if workers <= 1:
         return None
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    return ProcessPoolExecutor(workers, mp_context=ctx)
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_crf_worker_init, initargs=(os.getpid(),))
 
 
 class _Labeller:
@@ -132,7 +146,11 @@ class _Labeller:
                 continue
             classes = np.flatnonzero(self.all_labels[i])
             args = (imgs[j], probs_all[j].numpy()[classes], classes, self.cfg.crf)
-            job = self.pool.submit(_crf_job, *args) if self.pool else _crf_job(*args)
+            if self.pool:
+                with signals_held():  # may start a pool process
+                    job = self.pool.submit(_crf_job, *args)
+            else:
+                job = _crf_job(*args)
             self.pending.append((i, mask, job))
             while len(self.pending) > 4 * self.cfg.workers:
                 self._finish(*self.pending.popleft())

@@ -1,0 +1,136 @@
+"""bench.signals: SIGTERM as Ctrl-C, a second signal while stopping, children tied to their
+parent, process groups stopped whole (issue 19, case 7)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.signals import Interrupted, exit_code
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def python(code: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_exit_codes():
+    assert exit_code(Interrupted(signal.SIGTERM)) == 143
+    assert exit_code(Interrupted(signal.SIGINT)) == 130
+    assert exit_code(KeyboardInterrupt()) == 130
+    assert str(Interrupted(signal.SIGTERM)) == "SIGTERM"
+
+
+def test_sigterm_interrupts_once_and_a_second_signal_does_not_cut_the_shutdown():
+    proc = python("""
+import os, signal, sys, time
+from bench.signals import exit_code, stop_on_signals
+with stop_on_signals():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+    except KeyboardInterrupt as e:
+        os.kill(os.getpid(), signal.SIGINT)  # while shutting down
+        time.sleep(0.5)
+        print("shutdown done", type(e).__name__, e, flush=True)
+        sys.exit(exit_code(e))
+""")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert out.strip() == "shutdown done Interrupted SIGTERM"
+    assert err.strip().startswith("bench: SIGINT while stopping: finishing the shutdown first"), err
+
+
+def test_handlers_come_back_after_the_block():
+    from bench.signals import stop_on_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals():
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_started_with_child_env_gets_sigterm_when_its_parent_is_killed(tmp_path):
+    mark = tmp_path / "child.txt"
+    child = f"""
+import time
+from pathlib import Path
+from bench.signals import stop_on_signals
+with stop_on_signals():
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt as e:
+        Path({str(mark)!r}).write_text(str(e))
+"""
+    parent = python(f"""
+import subprocess, sys, time
+from bench.signals import child_env
+p = subprocess.Popen([sys.executable, "-c", {child!r}], env=child_env(), start_new_session=True)
+print(p.pid, flush=True)
+time.sleep(60)
+""")
+    pid = int(parent.stdout.readline())
+    time.sleep(2)  # the child has started and installed its handlers
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the child outlived its killed parent")
+    assert mark.read_text() == "SIGTERM"  # stopped through its handler: it closed its trial
+
+
+def test_stop_processes_stops_a_whole_group():
+    from bench.signals import stop_processes
+
+    leader = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"], start_new_session=True)
+    time.sleep(0.5)
+    members = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _pgid(int(d.name)) == leader.pid]
+    assert len(members) == 3
+    stop_processes([leader], group=True, timeout=10)
+    assert not [p for p in members if _alive(p)]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+    except OSError:
+        return None
+
+
+def test_a_store_error_that_comes_of_an_interrupt_is_the_interrupt(monkeypatch):
+    """SQLAlchemy / MLflow wrap a KeyboardInterrupt raised inside them into their own errors:
+    once a signal came, that is the interrupt, not "MLflow store failed"."""
+    import bench.signals
+    from bench.stores.mlflow_store import TrackingStoreError, _store_call
+
+    class Store:
+        uri = "sqlite:///x.db"
+
+        @_store_call
+        def write(self):
+            raise RuntimeError("(sqlite3.OperationalError) interrupted")
+
+    with pytest.raises(TrackingStoreError):
+        Store().write()
+    monkeypatch.setattr(bench.signals, "_received", [signal.SIGTERM])
+    with pytest.raises(Interrupted) as e:
+        Store().write()
+    assert e.value.signum == signal.SIGTERM
