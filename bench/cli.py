@@ -21,8 +21,13 @@ from .records import Attr, StudyAttr
 from .signals import exit_code, signum_of, stop_on_signals
 from .stores.errors import StoreError, TrackingStoreError  # light: no Optuna, no MLflow
 from .study import (  # pydantic + PyYAML only: a bad file fails fast
-    Study, StudyError, check_data_root, input_error_types, load_study, with_execution_values,
-)  # fmt: skip
+    Study,
+    StudyError,
+    check_data_root,
+    input_error_types,
+    load_study,
+    with_execution_values,
+)
 from .study.resolve import quote
 from .study.urls import check_mlflow_uri, check_optuna_storage
 
@@ -45,27 +50,9 @@ def _err(msg: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="WSSS benchmark harness: TKP-PCL vs ViT-PCM and ablations")
     sub = p.add_subparsers(dest="command", required=True)
-
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("study", help="study file (studies/*.yaml)")
-        sp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the study's, or sqlite:///mlflow.db)")
-        sp.add_argument("--storage", help="Optuna storage: journal:PATH, sqlite:///PATH, postgresql://... (default: journal:.bench/optuna.journal)")
-        sp.add_argument("--threads", type=int, help="torch CPU threads of this process's trials (overrides train.num_threads)")
-
-    run = sub.add_parser("run", help="run (or resume) a study")
-    common(run)
-    run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    run.add_argument("--dry-run", action="store_true", help="print the trials and exit; writes nothing")
-    run.add_argument("--rehearse", action="store_true", help="run every stage of each configuration on a few images for "
-                     "a few steps, measure them and project the study's cost; no trial is recorded")  # fmt: skip
-    run.add_argument("--images", type=int, default=4, help="--rehearse: the first N images of each split (4)")
-    run.add_argument("--steps", type=int, default=2, help="--rehearse: steps an epoch (2)")
-    run.add_argument("--keep", help="--rehearse: keep what it writes (checkpoints, labels, artifacts, rehearsal.csv|json) in DIR")
-    run.add_argument("--accelerator", default="H100", help="--rehearse: GPU the GPU-hours are projected on "
-                     "(A100, H100, H200, L40S, V100; default H100)")  # fmt: skip
-    run.add_argument("--utilisation", type=float, default=0.4, help="--rehearse: share of the GPU's peak bf16 FLOP/s assumed (0.4)")
+    _run_parser(sub)
     worker = sub.add_parser("worker", help="join a study another `bench run` started (any machine)")
-    common(worker)
+    _common(worker)
     worker.add_argument("--quiet", action="store_true", help="no progress display")
     _submit_parser(sub)
     ls = sub.add_parser("ls", help="studies in a storage and their progress per variant")
@@ -75,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--tracking-uri", help="MLflow tracking URI (as for run)")
     rep.add_argument("--storage", help="Optuna storage, for search studies (as for run)")
     rep.add_argument("--out", help="output folder (default: reports/<study>)")
-    rep.add_argument("--baseline", help="variant the others are compared with (default: the study's confirm.baseline, else vit-pcm)")
+    rep.add_argument(
+        "--baseline", help="variant the others are compared with (default: the study's confirm.baseline, else vit-pcm)"
+    )
     ui = sub.add_parser("ui", help="start the MLflow UI on the tracking store (127.0.0.1)")
     ui.add_argument("study", nargs="?", help="study file whose tracking URI to use")
     ui.add_argument("--tracking-uri")
@@ -87,6 +76,48 @@ def _parser() -> argparse.ArgumentParser:
     cm.add_argument("--out", required=True, help="output folder, e.g. ROOT/SegmentationClass/train2014")
     cm.add_argument("--min-side", type=int, default=256, help="leave out images smaller than this on a side (256)")
     return p
+
+
+def _common(sp: argparse.ArgumentParser) -> None:
+    """The study file, the stores and the threads, as ``run`` and ``worker`` take them."""
+    sp.add_argument("study", help="study file (studies/*.yaml)")
+    sp.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the study's, or sqlite:///mlflow.db)",
+    )
+    sp.add_argument(
+        "--storage",
+        help="Optuna storage: journal:PATH, sqlite:///PATH, postgresql://... (default: journal:.bench/optuna.journal)",
+    )
+    sp.add_argument(
+        "--threads", type=int, help="torch CPU threads of this process's trials (overrides train.num_threads)"
+    )
+
+
+def _run_parser(sub) -> None:
+    run = sub.add_parser("run", help="run (or resume) a study")
+    _common(run)
+    run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    run.add_argument("--dry-run", action="store_true", help="print the trials and exit; writes nothing")
+    run.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="run every stage of each configuration on a few images for "
+        "a few steps, measure them and project the study's cost; no trial is recorded",
+    )
+    run.add_argument("--images", type=int, default=4, help="--rehearse: the first N images of each split (4)")
+    run.add_argument("--steps", type=int, default=2, help="--rehearse: steps an epoch (2)")
+    run.add_argument(
+        "--keep", help="--rehearse: keep what it writes (checkpoints, labels, artifacts, rehearsal.csv|json) in DIR"
+    )
+    run.add_argument(
+        "--accelerator",
+        default="H100",
+        help="--rehearse: GPU the GPU-hours are projected on (A100, H100, H200, L40S, V100; default H100)",
+    )
+    run.add_argument(
+        "--utilisation", type=float, default=0.4, help="--rehearse: share of the GPU's peak bf16 FLOP/s assumed (0.4)"
+    )
 
 
 def _submit_parser(sub) -> None:
@@ -147,8 +178,10 @@ def store_urls(args, study: Study | None) -> tuple[str, str]:
     """The Optuna storage URL and the MLflow tracking URI (after the precedence rules)."""
     from .stores import resolve_storage_url, resolve_tracking_uri
 
-    return (resolve_storage_url(getattr(args, "storage", None), study.tracking.optuna_storage if study else None),
-            resolve_tracking_uri(getattr(args, "tracking_uri", None), study.tracking.mlflow_uri if study else None))  # fmt: skip
+    return (
+        resolve_storage_url(getattr(args, "storage", None), study.tracking.optuna_storage if study else None),
+        resolve_tracking_uri(getattr(args, "tracking_uri", None), study.tracking.mlflow_uri if study else None),
+    )
 
 
 def cmd_run(args) -> int:
@@ -222,8 +255,10 @@ def _summary(h, console, complete: bool) -> int:
     if not complete:
         missing = queue.total(h) - queue.done(h)
         errors = {t.user_attrs.get(Attr.ERROR, "died") for t in h.trials(states=queue.states(("FAIL",)))}
-        console.print(f"[red]{missing} trial(s) not done[/] (errors: {'; '.join(sorted(errors))[:300]}); "
-                      "run the same command again to retry them")  # fmt: skip
+        console.print(
+            f"[red]{missing} trial(s) not done[/] (errors: {'; '.join(sorted(errors))[:300]}); "
+            "run the same command again to retry them"
+        )
         return EXIT_FAILED_TRIALS
     console.print(f"[green]all {queue.total(h)} trials done[/]; browse them with: bench ui")
     return 0
@@ -273,8 +308,10 @@ def cmd_worker(args) -> int:
     except StoreError as e:
         return _store_failed(e)
     if not_done > 0:
-        print(f"bench: {not_done} trial(s) of study {h.study.name!r} not done; `bench run {args.study}` retries them",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"bench: {not_done} trial(s) of study {h.study.name!r} not done; `bench run {args.study}` retries them",
+            file=sys.stderr,
+        )
         return EXIT_FAILED_TRIALS
     return EXIT_FAILED_TRIALS if produced.get("FAIL") else 0
 
@@ -302,8 +339,10 @@ def cmd_submit(args) -> int:
         return 0
     array = submit(h, ex, req, tracking_uri)
     web = tracking_uri.startswith(("http://", "https://"))
-    print(f"submitted Slurm job {array['job_id']}: {req.workers} task(s) of bench worker on study {study.name} "
-          f"({queue.total(h)} trials: {queue.done(h)} done, {info['queued']} queued)")  # fmt: skip
+    print(
+        f"submitted Slurm job {array['job_id']}: {req.workers} task(s) of bench worker on study {study.name} "
+        f"({queue.total(h)} trials: {queue.done(h)} done, {info['queued']} queued)"
+    )
     print(f"logs: {array['log_folder']}/{array['job_id']}_<task>_0_log.out")
     print(f"MLflow: {h.tracker.runs_url(tracking_uri) if web else f'{tracking_uri} (browse: bench ui {args.study})'}")
     return 0
@@ -364,7 +403,9 @@ def cmd_report(args) -> int:
     name = study.name if study else args.study
     storage_url, uri = store_urls(args, study)
     if not store_exists(uri):
-        raise ReportError(f"no study {name!r}: no MLflow store at {uri} (run `bench run` here first, or pass --tracking-uri)")
+        raise ReportError(
+            f"no study {name!r}: no MLflow store at {uri} (run `bench run` here first, or pass --tracking-uri)"
+        )
     ostudy = search_study(name, storage_url) if study is None or study.search is not None else None
     expected = len(study.seeds) if study and study.search is None else None
     if study is not None and study.confirm is not None:
@@ -417,7 +458,18 @@ def cmd_ui(args) -> int:
     _check_port(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
     url = Tracker(uri, study.name).runs_url(base) if study else base
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     print(f"MLflow UI for {uri}: {url}", file=sys.stderr, flush=True)
     with signals_held():
         server = subprocess.Popen(cmd, start_new_session=True)
@@ -431,12 +483,15 @@ def cmd_ui(args) -> int:
 def cmd_data(args) -> int:
     from tkp_pcl.data.coco_convert import write_coco_masks
 
-    s = write_coco_masks(args.instances, args.out, min_side=args.min_side,
-                         warn=lambda m: print(f"bench: warning: {m}", file=sys.stderr))  # fmt: skip
+    s = write_coco_masks(
+        args.instances, args.out, min_side=args.min_side, warn=lambda m: print(f"bench: warning: {m}", file=sys.stderr)
+    )
     replaced = f" (replacing the {s.replaced} masks it held)" if s.replaced else ""
-    print(f"{s.written} masks written to {args.out}{replaced}; left out: {s.too_small} smaller than "
-          f"{args.min_side} px on a side, {s.empty} without object pixels; skipped: {s.short_polygons} "
-          "polygons of fewer than 3 points (they cover no pixel)")  # fmt: skip
+    print(
+        f"{s.written} masks written to {args.out}{replaced}; left out: {s.too_small} smaller than "
+        f"{args.min_side} px on a side, {s.empty} without object pixels; skipped: {s.short_polygons} "
+        "polygons of fewer than 3 points (they cover no pixel)"
+    )
     return 0
 
 
@@ -454,7 +509,15 @@ def _quiet_libraries(args) -> None:
         torch.set_num_threads(args.threads)
 
 
-COMMANDS = {"run": cmd_run, "worker": cmd_worker, "submit": cmd_submit, "ls": cmd_ls, "ui": cmd_ui, "report": cmd_report, "data": cmd_data}  # fmt: skip
+COMMANDS = {
+    "run": cmd_run,
+    "worker": cmd_worker,
+    "submit": cmd_submit,
+    "ls": cmd_ls,
+    "ui": cmd_ui,
+    "report": cmd_report,
+    "data": cmd_data,
+}
 
 
 # commands that train or serve: SIGTERM stops them as Ctrl-C does (bench.signals)

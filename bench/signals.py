@@ -107,8 +107,9 @@ def stop_on_signals() -> Iterator[None]:
                 signal.signal(s, h)
 
 
-def stop_processes(procs: Sequence[subprocess.Popen], signum: int = signal.SIGTERM, timeout: float = 120.0,
-                   group: bool = False) -> None:  # fmt: skip
+def stop_processes(
+    procs: Sequence[subprocess.Popen], signum: int = signal.SIGTERM, timeout: float = 120.0, group: bool = False
+) -> None:
     """Send each running process ``signum`` once (``group``: to its whole process group, which
     it leads: started with ``start_new_session=True``), wait for them; whatever still runs after
     ``timeout`` seconds is killed (SIGKILL)."""

@@ -10,9 +10,9 @@ import argparse
 import time
 
 import torch
+from common import emit, quickstart_job
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import emit, quickstart_job
 from tkp_pcl.model import PatchClassifier
 from tkp_pcl.stage1 import stage1_loss
 
@@ -63,12 +63,18 @@ def main() -> None:
     tokens = 2 * b * (s // cfg.model.patch_size) ** 2
     peak_square = matmul_flops(2048, 2048, 2048)
     peak_shape = matmul_flops(tokens, d, 3 * d)  # the ViT's own qkv projection shape
-    rows = [{
-        "step_gflop": f"{flops / 1e9:.2f}", "step_seconds": f"{dt:.4f}", "images_per_second": f"{2 * b / dt:.1f}",
-        "achieved_gflops": f"{achieved / 1e9:.1f}", "matmul_2048_gflops": f"{peak_square / 1e9:.1f}",
-        "matmul_qkv_shape_gflops": f"{peak_shape / 1e9:.1f}",
-        "fraction_of_2048_peak": f"{achieved / peak_square:.3f}", "fraction_of_qkv_shape": f"{achieved / peak_shape:.3f}",
-    }]  # fmt: skip
+    rows = [
+        {
+            "step_gflop": f"{flops / 1e9:.2f}",
+            "step_seconds": f"{dt:.4f}",
+            "images_per_second": f"{2 * b / dt:.1f}",
+            "achieved_gflops": f"{achieved / 1e9:.1f}",
+            "matmul_2048_gflops": f"{peak_square / 1e9:.1f}",
+            "matmul_qkv_shape_gflops": f"{peak_shape / 1e9:.1f}",
+            "fraction_of_2048_peak": f"{achieved / peak_square:.3f}",
+            "fraction_of_qkv_shape": f"{achieved / peak_shape:.3f}",
+        }
+    ]
     emit("compute_utilisation", rows)
 
 

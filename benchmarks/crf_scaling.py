@@ -12,12 +12,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from common import emit
 from scipy.ndimage import zoom
 
-from common import emit
 from tkp_pcl.config import CRFConfig
-from tkp_pcl.pseudo import crf_refine
 from tkp_pcl.data.synthetic import synthetic_split
+from tkp_pcl.pseudo import crf_refine
 
 
 def jobs(n: int, size: int = 320, labels: int = 21):
@@ -55,10 +55,17 @@ def main() -> None:
     run(items[:2], 1, params)  # warm up
     t1 = run(items, 1, params)
     tn = run(items, args.workers, params)
-    row = {"images": args.images, "size": 320, "labels": 21, "workers": args.workers,
-           "seconds_1_process": f"{t1:.2f}", f"seconds_{args.workers}_processes": f"{tn:.2f}",
-           "seconds_per_image_1": f"{t1 / args.images:.3f}", f"seconds_per_image_{args.workers}": f"{tn / args.images:.3f}",
-           "speedup": f"{t1 / tn:.2f}"}  # fmt: skip
+    row = {
+        "images": args.images,
+        "size": 320,
+        "labels": 21,
+        "workers": args.workers,
+        "seconds_1_process": f"{t1:.2f}",
+        f"seconds_{args.workers}_processes": f"{tn:.2f}",
+        "seconds_per_image_1": f"{t1 / args.images:.3f}",
+        f"seconds_per_image_{args.workers}": f"{tn / args.images:.3f}",
+        "speedup": f"{t1 / tn:.2f}",
+    }
     emit("crf_scaling", [row])
 
 

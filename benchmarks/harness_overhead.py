@@ -19,9 +19,9 @@ from pathlib import Path
 import mlflow
 import torch
 import yaml
+from common import ROOT, emit, quickstart_job
 from torch.utils.data import DataLoader
 
-from common import ROOT, emit, quickstart_job
 from tkp_pcl.data import load_splits
 from tkp_pcl.model import PatchClassifier
 from tkp_pcl.stage1 import ImageLabelDataset, monitor_miou, stage1_loss
@@ -34,8 +34,13 @@ def bare_loop(cfg, splits, epochs: int, monitor: bool = False) -> float:
     torch.manual_seed(cfg.train.seed)
     model = PatchClassifier(cfg.model, splits.train.num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    loader = DataLoader(ImageLabelDataset(splits.train, cfg.model.img_size), batch_size=cfg.train.batch_size,
-                        shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    loader = DataLoader(
+        ImageLabelDataset(splits.train, cfg.model.img_size),
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     lc, n, gen = cfg.loss, 0, torch.Generator().manual_seed(cfg.train.seed)
     for epoch in range(epochs):
         for images, labels in loader:
@@ -83,8 +88,7 @@ def per_epoch_bookkeeping(cfg, splits, reps: int = 10) -> dict[str, float]:
     pruning check, and the held-out pseudo mIoU (the method's monitor)."""
     import optuna
 
-    from bench.stores import open_storage
-    from bench.stores import Tracker
+    from bench.stores import Tracker, open_storage
     from tkp_pcl.stage1.checkpoint import save as save_checkpoint
 
     model = PatchClassifier(cfg.model, splits.train.num_classes)
@@ -98,11 +102,13 @@ def per_epoch_bookkeeping(cfg, splits, reps: int = 10) -> dict[str, float]:
         run_id = tracker.start_trial(tracker.parent_run(), "r", {}, {})
         trial = optuna.create_study(storage=open_storage(f"journal:{d}/j.log")).ask()
         steps = {
-            "checkpoint": lambda i: save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict()}, f"{d}/c.ckpt"),
+            "checkpoint": lambda i: save_checkpoint(
+                {"model": model.state_dict(), "optimizer": opt.state_dict()}, f"{d}/c.ckpt"
+            ),
             "mlflow_log": lambda i: tracker.log_metrics(run_id, {f"m{k}": 0.5 for k in range(8)}, step=i),
             "optuna": lambda i: (trial.report(0.5, i), trial.set_user_attr("epoch", i), trial.should_prune()),
             "monitor": lambda i: monitor_miou(model, monitor, cfg, "cpu"),
-        }  # fmt: skip
+        }
         for name, fn in steps.items():
             fn(0)
             t0 = time.perf_counter()
@@ -128,16 +134,28 @@ def main() -> None:
         harness.append(ips)
         trial_s.append(ts)
     b, bm, h = statistics.median(bare), statistics.median(bare_mon), statistics.median(harness)
-    row = {"epochs": args.epochs, "repeats": args.repeats, "bare_images_per_s": f"{b:.1f}",
-           "bare_with_monitor_images_per_s": f"{bm:.1f}", "bench_images_per_s": f"{h:.1f}",
-           "harness_overhead_pct": f"{100 * (1 - h / bm):.1f}", "overhead_vs_training_only_pct": f"{100 * (1 - h / b):.1f}",
-           "monitor_cost_pct": f"{100 * (1 - bm / b):.1f}", "bench_trial_seconds": f"{statistics.median(trial_s):.1f}"}  # fmt: skip
+    row = {
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "bare_images_per_s": f"{b:.1f}",
+        "bare_with_monitor_images_per_s": f"{bm:.1f}",
+        "bench_images_per_s": f"{h:.1f}",
+        "harness_overhead_pct": f"{100 * (1 - h / bm):.1f}",
+        "overhead_vs_training_only_pct": f"{100 * (1 - h / b):.1f}",
+        "monitor_cost_pct": f"{100 * (1 - bm / b):.1f}",
+        "bench_trial_seconds": f"{statistics.median(trial_s):.1f}",
+    }
     epoch_s = (len(splits.train) // cfg.train.batch_size * cfg.train.batch_size) / b
     book = per_epoch_bookkeeping(cfg, splits)
     bookkeeping = book["checkpoint"] + book["mlflow_log"] + book["optuna"]
     row.update({f"{k}_ms_per_epoch": f"{1000 * v:.1f}" for k, v in book.items()})
-    row.update({"epoch_seconds": f"{epoch_s:.2f}", "bookkeeping_pct_of_epoch": f"{100 * bookkeeping / epoch_s:.2f}",
-                "monitor_pct_of_epoch": f"{100 * book['monitor'] / epoch_s:.2f}"})  # fmt: skip
+    row.update(
+        {
+            "epoch_seconds": f"{epoch_s:.2f}",
+            "bookkeeping_pct_of_epoch": f"{100 * bookkeeping / epoch_s:.2f}",
+            "monitor_pct_of_epoch": f"{100 * book['monitor'] / epoch_s:.2f}",
+        }
+    )
     emit("harness_overhead", [row])
 
 

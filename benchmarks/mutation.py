@@ -26,16 +26,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: module path -> (test files or node ids, functions scored (None: all of the module)).
 MODULES: dict[str, tuple[list[str], list[str] | None]] = {
-    "tkp_pcl/stage1/pooling.py": (["tests/tkp_pcl/stage1/test_pooling.py", "tests/tkp_pcl/stage1/test_pooling_values.py"], None),
-    "tkp_pcl/stage1/losses.py": (["tests/tkp_pcl/stage1/test_losses.py", "tests/tkp_pcl/stage1/test_losses_values.py"], None),
+    "tkp_pcl/stage1/pooling.py": (
+        ["tests/tkp_pcl/stage1/test_pooling.py", "tests/tkp_pcl/stage1/test_pooling_values.py"],
+        None,
+    ),
+    "tkp_pcl/stage1/losses.py": (
+        ["tests/tkp_pcl/stage1/test_losses.py", "tests/tkp_pcl/stage1/test_losses_values.py"],
+        None,
+    ),
     "tkp_pcl/stage1/equivariance.py": (
-        ["tests/tkp_pcl/stage1/test_augment.py", "tests/tkp_pcl/stage1/test_equivariance_values.py"], None,
+        ["tests/tkp_pcl/stage1/test_augment.py", "tests/tkp_pcl/stage1/test_equivariance_values.py"],
+        None,
     ),
     "tkp_pcl/stage1/objective.py": (["tests/tkp_pcl/stage1/test_objective_values.py"], None),
     "tkp_pcl/metrics.py": (["tests/tkp_pcl/test_metrics.py", "tests/tkp_pcl/test_metrics_values.py"], None),
     "bench/report/statistics.py": (
-        ["tests/bench/report/test_statistics.py", "tests/bench/report/test_search_sections.py",
-         "tests/bench/report/test_statistics_values.py"],
+        [
+            "tests/bench/report/test_statistics.py",
+            "tests/bench/report/test_search_sections.py",
+            "tests/bench/report/test_statistics_values.py",
+        ],
         ["summary", "paired", "_baseline_group"],
     ),
 }
@@ -68,8 +78,13 @@ def run_module(module: str, tests: list[str], functions: list[str] | None, child
         text = (box / "pyproject.toml").read_text()
         text = re.sub(r"\n\[tool\.mutmut\].*?(?=\n\[|\Z)", "", text, flags=re.S)
         (box / "pyproject.toml").write_text(text + mutmut_config(module, tests))
-        subprocess.run([str(mutmut), "run", "--max-children", str(children)], cwd=box,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # fmt: skip
+        subprocess.run(
+            [str(mutmut), "run", "--max-children", str(children)],
+            cwd=box,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
         out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=box, capture_output=True, text=True).stdout
         dotted = module.removesuffix(".py").replace("/", ".")
         killed = total = 0

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from common import ROOT, emit
 
 from bench.study import load_study
-from common import ROOT, emit
 
 
 def main() -> None:
@@ -42,12 +42,18 @@ def main() -> None:
         if f"{metric}_mean" not in table:
             continue
         t, b = table.loc["tkp-pcl"], table.loc["vit-pcm"]
-        rows.append({
-            "metric": metric, "vit_pcm": f"{100 * b[f'{metric}_mean']:.1f} ± {100 * b[f'{metric}_std']:.1f}",
-            "tkp_pcl": f"{100 * t[f'{metric}_mean']:.1f} ± {100 * t[f'{metric}_std']:.1f}",
-            "diff_points": f"{100 * t[f'{metric}_diff']:+.1f}", "paired_t_p": f"{t[f'{metric}_p']:.2g}",
-            "seeds": int(t["n"]), "wall_seconds": f"{wall:.0f}", "peak_rss_gib": f"{peak_gib:.2f}",
-        })  # fmt: skip
+        rows.append(
+            {
+                "metric": metric,
+                "vit_pcm": f"{100 * b[f'{metric}_mean']:.1f} ± {100 * b[f'{metric}_std']:.1f}",
+                "tkp_pcl": f"{100 * t[f'{metric}_mean']:.1f} ± {100 * t[f'{metric}_std']:.1f}",
+                "diff_points": f"{100 * t[f'{metric}_diff']:+.1f}",
+                "paired_t_p": f"{t[f'{metric}_p']:.2g}",
+                "seeds": int(t["n"]),
+                "wall_seconds": f"{wall:.0f}",
+                "peak_rss_gib": f"{peak_gib:.2f}",
+            }
+        )
     emit("quickstart_claim", rows)
 
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from common import ROOT, emit
 
 
@@ -35,8 +34,12 @@ def timed_run(workers: int, epochs: int) -> float:
         d = Path(tmp)
         path = study_file(d, epochs)
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(path), "--workers", str(workers)],
-                           cwd=d, capture_output=True, text=True)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "bench.cli", "run", str(path), "--workers", str(workers)],
+            cwd=d,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - t0
         if r.returncode != 0:
             raise SystemExit(f"bench run --workers {workers} failed:\n{r.stderr[-2000:]}")
@@ -49,8 +52,13 @@ def main() -> None:
     args = ap.parse_args()
     w1 = timed_run(1, args.epochs)
     w2 = timed_run(2, args.epochs)
-    row = {"trials": 8, "epochs": args.epochs, "seconds_workers_1": f"{w1:.1f}",
-           "seconds_workers_2": f"{w2:.1f}", "speedup": f"{w1 / w2:.2f}"}  # fmt: skip
+    row = {
+        "trials": 8,
+        "epochs": args.epochs,
+        "seconds_workers_1": f"{w1:.1f}",
+        "seconds_workers_2": f"{w2:.1f}",
+        "speedup": f"{w1 / w2:.2f}",
+    }
     emit("worker_scaling", [row])
 
 

@@ -42,8 +42,10 @@ def _scene(rng: np.random.Generator, w: int, h: int, classes: list[int]) -> tupl
 
 def _voc_xml(image_id: str, w: int, h: int, names: list[str]) -> str:
     objects = "".join(f"<object><name>{n}</name><difficult>0</difficult></object>" for n in names)
-    return (f"<annotation><folder>VOC2012</folder><filename>{image_id}.jpg</filename><size><width>{w}</width>"
-            f"<height>{h}</height><depth>3</depth></size>{objects}</annotation>")  # fmt: skip
+    return (
+        f"<annotation><folder>VOC2012</folder><filename>{image_id}.jpg</filename><size><width>{w}</width>"
+        f"<height>{h}</height><depth>3</depth></size>{objects}</annotation>"
+    )
 
 
 def write_voc(root: Path, n_train: int = 3, n_aug: int = 2, n_val: int = 2, seed: int = 0) -> Path:
@@ -81,8 +83,13 @@ def write_coco(root: Path, n_train: int = 3, n_val: int = 2, seed: int = 0) -> d
     paths = {}
     for split, n, first_id in (("train2014", n_train, 9), ("val2014", n_val, 42)):
         (root / split).mkdir(parents=True, exist_ok=True)
-        js = {"info": {}, "licenses": [], "images": [], "annotations": [],
-              "categories": [{"id": i, "name": n_, "supercategory": ""} for i, n_ in COCO_CATS]}  # fmt: skip
+        js = {
+            "info": {},
+            "licenses": [],
+            "images": [],
+            "annotations": [],
+            "categories": [{"id": i, "name": n_, "supercategory": ""} for i, n_ in COCO_CATS],
+        }
         for k in range(n):
             img_id, (w, h) = first_id + 13 * k, COCO_SIZES[k % len(COCO_SIZES)]
             name = f"COCO_{split}_{img_id:012d}.jpg"
@@ -91,9 +98,17 @@ def write_coco(root: Path, n_train: int = 3, n_val: int = 2, seed: int = 0) -> d
             for j, cat in enumerate(cats):
                 ys, xs = np.nonzero(mask == j + 1)
                 x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
-                js["annotations"].append({"id": len(js["annotations"]) + 1, "image_id": img_id, "category_id": cat,
-                                          "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]], "iscrowd": 0,
-                                          "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})  # fmt: skip
+                js["annotations"].append(
+                    {
+                        "id": len(js["annotations"]) + 1,
+                        "image_id": img_id,
+                        "category_id": cat,
+                        "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+                        "iscrowd": 0,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "area": (x1 - x0) * (y1 - y0),
+                    }
+                )
             Image.fromarray(img).save(root / split / name, quality=90)
             js["images"].append({"id": img_id, "file_name": name, "width": w, "height": h})
         (root / "annotations").mkdir(exist_ok=True)

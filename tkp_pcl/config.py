@@ -16,10 +16,9 @@ Every model forbids unknown keys, so a typo in a study file is an error, not a s
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
@@ -77,18 +76,16 @@ class ModelConfig(_Strict):
     proj_dim: int = Field(64, ge=4, le=1024)
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "ModelConfig":
+    def _heads_divide_width(self) -> ModelConfig:
         if self.embed_dim is not None and self.num_heads is not None:
             if self.embed_dim % self.num_heads:
-                raise ValueError(
-                    f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
-                )
+                raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         if self.patch_size is not None and self.img_size % self.patch_size:
-            raise ValueError(
-                f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})"
-            )
+            raise ValueError(f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})")
         if self.pretrained_file is not None and not self.pretrained_file.lower().endswith(WEIGHT_SUFFIXES):
-            raise ValueError(f"pretrained_file must end in {', '.join(WEIGHT_SUFFIXES)} (got {_quote(self.pretrained_file)})")
+            raise ValueError(
+                f"pretrained_file must end in {', '.join(WEIGHT_SUFFIXES)} (got {_quote(self.pretrained_file)})"
+            )
         return self
 
 
@@ -159,7 +156,7 @@ class TrainConfig(_Strict):
     num_threads: int | None = Field(None, ge=1, json_schema_extra=EXECUTION)
 
     @model_validator(mode="after")
-    def _frozen_fewer_than_epochs(self) -> "TrainConfig":
+    def _frozen_fewer_than_epochs(self) -> TrainConfig:
         if self.frozen_epochs >= self.epochs:
             raise ValueError(f"frozen_epochs ({self.frozen_epochs}) must be < epochs ({self.epochs})")
         return self
@@ -230,7 +227,7 @@ class SegmentConfig(_Strict):
     eval_flip: bool = False
 
     @model_validator(mode="after")
-    def _scales(self) -> "SegmentConfig":
+    def _scales(self) -> SegmentConfig:
         if self.scale_min > self.scale_max:
             raise ValueError(f"scale_min ({self.scale_min}) must be <= scale_max ({self.scale_max})")
         return self
@@ -247,14 +244,14 @@ class MethodConfig(_Strict):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
 
     @model_validator(mode="after")
-    def _pseudo_size_in_patches(self) -> "MethodConfig":
+    def _pseudo_size_in_patches(self) -> MethodConfig:
         size, patch = self.pseudo.input_size, self.model.patch_size
         if size is not None and patch is not None and size % patch:
             raise ValueError(f"pseudo.input_size ({size}) must be a multiple of model.patch_size ({patch})")
         return self
 
     @model_validator(mode="after")
-    def _vitpcm_needs_even_grid(self) -> "MethodConfig":
+    def _vitpcm_needs_even_grid(self) -> MethodConfig:
         m = self.model
         if self.loss.eq_form == "vitpcm" and m.patch_size and (m.img_size // m.patch_size) % 2:
             raise ValueError(
@@ -278,7 +275,7 @@ class SyntheticDataConfig(_Strict):
     noise: float = Field(8.0, ge=0)
 
     @model_validator(mode="after")
-    def _sizes(self) -> "SyntheticDataConfig":
+    def _sizes(self) -> SyntheticDataConfig:
         if self.min_size > self.max_size:
             raise ValueError(f"min_size ({self.min_size}) must be <= max_size ({self.max_size})")
         return self
@@ -321,7 +318,7 @@ class CocoDataConfig(_Strict):
     loader_workers: int = Field(4, ge=0, json_schema_extra=EXECUTION)
 
 
-DataConfig = Annotated[Union[SyntheticDataConfig, VOCDataConfig, CocoDataConfig], Field(discriminator="kind")]
+DataConfig = Annotated[SyntheticDataConfig | VOCDataConfig | CocoDataConfig, Field(discriminator="kind")]
 
 
 def execution_paths(model: type[BaseModel], prefix: str = "") -> list[str]:

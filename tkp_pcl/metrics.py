@@ -25,9 +25,7 @@ def confusion_matrix(pred, target, num_classes: int, ignore_index: int = 255) ->
         raise ValueError(f"target has class ids outside [0, {num_classes}) besides {ignore_index}")
     if p.size and (p.min() < 0 or p.max() >= num_classes):
         raise ValueError(f"pred has class ids outside [0, {num_classes})")
-    return np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(
-        num_classes, num_classes
-    )
+    return np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def miou(conf: np.ndarray) -> tuple[float, np.ndarray]:

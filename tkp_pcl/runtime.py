@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -14,9 +14,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = [
-    "amp_setup", "distributed", "make_loader", "optimizer_step", "rank_sampler", "resolve_device",
-    "seed_everything", "train_device",
-]  # fmt: skip
+    "amp_setup",
+    "distributed",
+    "make_loader",
+    "optimizer_step",
+    "rank_sampler",
+    "resolve_device",
+    "seed_everything",
+    "train_device",
+]
 
 
 def distributed() -> tuple[bool, int, int]:
@@ -68,24 +74,37 @@ def rank_sampler(data: Dataset, seed: int) -> DistributedSampler | None:
 
 
 def make_loader(
-    data: Dataset, batch_size: int, generator: torch.Generator, workers: int, device: torch.device,
+    data: Dataset,
+    batch_size: int,
+    generator: torch.Generator,
+    workers: int,
+    device: torch.device,
     sampler: DistributedSampler | None = None,
-) -> DataLoader:  # fmt: skip
+) -> DataLoader:
     """Shuffled batches of ``data`` (by ``sampler`` when given, e.g. :func:`rank_sampler`); the
     last partial batch is dropped unless the data holds less than one batch per rank."""
     world = sampler.num_replicas if sampler is not None else 1
     return DataLoader(
-        data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-        drop_last=len(data) >= batch_size * world, generator=generator, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-    )  # fmt: skip
+        data,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(data) >= batch_size * world,
+        generator=generator,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
 
 
 def optimizer_step(
-    loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-    sched: torch.optim.lr_scheduler.LRScheduler, grad_clip: float | None = None,
+    loss: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float | None = None,
     params: Iterable[nn.Parameter] = (),
-) -> None:  # fmt: skip
+) -> None:
     """Backward through ``scaler`` (AMP), clip the gradient norm of ``params`` to ``grad_clip``
     when set (after unscaling), step the optimizer, the scaler and the lr schedule."""
     opt.zero_grad(set_to_none=True)

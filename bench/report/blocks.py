@@ -101,8 +101,10 @@ caption{caption-side:bottom;color:#555;font-size:90%;text-align:left;padding-top
 img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:90%}
 .warn{background:#fff3cd;border:1px solid #e0c060;padding:.6em 1em}"""
 # a browser test reads data-images-loaded after load: every <img> decoded with a size
-ONLOAD = ("<script>window.addEventListener('load',()=>{const ok=[...document.images].every(i=>i.complete&&i.naturalWidth>0);"
-          "document.body.dataset.imagesLoaded=String(ok);document.body.dataset.images=document.images.length;});</script>")  # fmt: skip
+ONLOAD = (
+    "<script>window.addEventListener('load',()=>{const ok=[...document.images].every(i=>i.complete&&i.naturalWidth>0);"
+    "document.body.dataset.imagesLoaded=String(ok);document.body.dataset.images=document.images.length;});</script>"
+)
 
 
 def _html_table(t: Table) -> str:
@@ -115,7 +117,9 @@ def _html_table(t: Table) -> str:
 
 def render_html(blocks: list[Block], title: str) -> str:
     """One self-contained page: figures embedded as base64 PNG."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>{ONLOAD}</head><body>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>{ONLOAD}</head><body>"
+    ]
     for b in blocks:
         match b:
             case Heading(text, level):
@@ -130,14 +134,26 @@ def render_html(blocks: list[Block], title: str) -> str:
                 parts.append(_html_table(b))
             case Figure(path, caption):
                 data = base64.b64encode(Path(path).read_bytes()).decode()
-                parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
+                parts.append(
+                    f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-_TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
-        "{": r"\{", "}": r"\}", "±": r"$\pm$", "Δ": r"$\Delta$"}  # fmt: skip
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+}
 
 
 def tex_escape(s: str) -> str:
@@ -147,10 +163,13 @@ def tex_escape(s: str) -> str:
 def render_latex(t: Table, label: str) -> str:
     """Booktabs LaTeX (pandas' Styler, ``hrules=True``); numbers as pandas prints them."""
     cells = _cells(t, tex_escape, r"\textbf{{{}}}")
-    cells = cells.map(lambda c: c if isinstance(c, str) else ("" if pd.isna(c) else f"{c:g}" if isinstance(c, float) else str(c)))
+    cells = cells.map(
+        lambda c: c if isinstance(c, str) else ("" if pd.isna(c) else f"{c:g}" if isinstance(c, float) else str(c))
+    )
     cells.index.name = None  # no separate header row for the index name
-    return cells.style.to_latex(hrules=True, caption=tex_escape(t.caption), label=label,
-                                column_format="l" + "r" * cells.shape[1])  # fmt: skip
+    return cells.style.to_latex(
+        hrules=True, caption=tex_escape(t.caption), label=label, column_format="l" + "r" * cells.shape[1]
+    )
 
 
 def write_tables(blocks: list[Block], folder: Path, label_prefix: str) -> list[Path]:

@@ -23,7 +23,15 @@ from .blocks import Alert, Block, Bullets, Figure, Heading, Paragraph, Table, re
 from .power import clause
 from .protocol_card import protocol_card, protocol_sentence
 from .runs import METRIC_LABELS, ReportError, finished, load_runs, metric_histories, per_class_iou, status_table
-from .search_sections import SearchInfo, Section, confirmation_section, is_staged, search_only_study, search_section, stage_runs
+from .search_sections import (
+    SearchInfo,
+    Section,
+    confirmation_section,
+    is_staged,
+    search_only_study,
+    search_section,
+    stage_runs,
+)
 from .statistics import CI_NAMES, T_INTERVAL_BELOW, summary
 
 BASELINE = "vit-pcm"
@@ -42,7 +50,9 @@ def main_table(s: pd.DataFrame, status: pd.DataFrame) -> tuple[pd.DataFrame, pd.
     bold mask (the best mean of each metric)."""
     out = pd.DataFrame(index=s.index.copy())  # a copy: naming it must not rename the summary's index
     bold = pd.DataFrame(False, index=s.index.copy(), columns=[])
-    out["seeds"] = [f"{n}/{status.loc[g, 'expected']}" if g in status.index else str(n) for g, n in zip(s.index, s["n"])]
+    out["seeds"] = [
+        f"{n}/{status.loc[g, 'expected']}" if g in status.index else str(n) for g, n in zip(s.index, s["n"])
+    ]
     bold["seeds"] = False
     for m in s.attrs["metrics"]:
         means = s[f"{m}_mean"]
@@ -50,8 +60,10 @@ def main_table(s: pd.DataFrame, status: pd.DataFrame) -> tuple[pd.DataFrame, pd.
         bold[METRIC_LABELS[m]] = (means == means.max()).to_numpy()
         if f"{m}_diff" in s:
             diffs = s[f"{m}_diff"].fillna(np.nan)
-            out[f"Δ {METRIC_LABELS[m]}"] = ["" if math.isnan(d) else f"{100 * d:+.1f} [{pct(lo)}, {pct(hi)}]"
-                                            for d, lo, hi in zip(diffs, s[f"{m}_ci_low"], s[f"{m}_ci_high"])]  # fmt: skip
+            out[f"Δ {METRIC_LABELS[m]}"] = [
+                "" if math.isnan(d) else f"{100 * d:+.1f} [{pct(lo)}, {pct(hi)}]"
+                for d, lo, hi in zip(diffs, s[f"{m}_ci_low"], s[f"{m}_ci_high"])
+            ]
             out[f"p ({METRIC_LABELS[m]})"] = ["" if math.isnan(d) else pvalue(p) for d, p in zip(diffs, s[f"{m}_p"])]
             bold[f"Δ {METRIC_LABELS[m]}"] = bold[f"p ({METRIC_LABELS[m]})"] = False
     out.index.name = "variant"
@@ -70,7 +82,11 @@ def claims(s: pd.DataFrame, baseline: str | None) -> list[str]:
             pv = pvalue(row[f"{m}_p"])
             pv = pv if pv.startswith("<") else f"= {pv}"
             kind = CI_NAMES.get(row.get(f"{m}_ci_kind"), "CI")
-            ci = "" if math.isnan(row[f"{m}_ci_low"]) else f", 95% {kind} [{100 * row[f'{m}_ci_low']:+.1f}, {100 * row[f'{m}_ci_high']:+.1f}]"
+            ci = (
+                ""
+                if math.isnan(row[f"{m}_ci_low"])
+                else f", 95% {kind} [{100 * row[f'{m}_ci_low']:+.1f}, {100 * row[f'{m}_ci_high']:+.1f}]"
+            )
             n = int(row[f"{m}_pairs"])
             out.append(
                 f"{group} vs {baseline}: {METRIC_LABELS[m]} {100 * d:+.1f} points{ci}; paired t-test over "
@@ -107,15 +123,23 @@ def _main_section(df, s, status, base, study_name: str, pdir: Path, title: str =
     blocks.append(Table(frame, f"{study_name}: mIoU (%), mean ± std over seeds", name="main", data=s, bold=bold))
     blocks.append(Table(status, "Trial runs per group and state", name="status", show=False))
     if base:
-        blocks.append(Paragraph(f"Δ: paired difference to {base} over shared seeds, in points, with a 95% CI: the paired "
-                                f"t-interval below {T_INTERVAL_BELOW} seed pairs (it agrees with the t-test), the percentile "
-                                f"bootstrap (scipy.stats.bootstrap) from {T_INTERVAL_BELOW} on; each claim below names the one "
-                                "shown. p: two-sided paired t-test (scipy.stats.ttest_rel). Power: of that test at α = 0.05, "
-                                "from the spread of the paired differences (statsmodels TTestPower): the smallest difference "
-                                "the study's seeds detect 80% of the time, and the seeds the observed difference needs."))  # fmt: skip
+        blocks.append(
+            Paragraph(
+                f"Δ: paired difference to {base} over shared seeds, in points, with a 95% CI: the paired "
+                f"t-interval below {T_INTERVAL_BELOW} seed pairs (it agrees with the t-test), the percentile "
+                f"bootstrap (scipy.stats.bootstrap) from {T_INTERVAL_BELOW} on; each claim below names the one "
+                "shown. p: two-sided paired t-test (scipy.stats.ttest_rel). Power: of that test at α = 0.05, "
+                "from the spread of the paired differences (statsmodels TTestPower): the smallest difference "
+                "the study's seeds detect 80% of the time, and the seeds the observed difference needs."
+            )
+        )
         if items := claims(s, base):
             blocks.append(Bullets(tuple(items)))
-    blocks.append(Figure(plots.variants_plot(df, s.attrs["metrics"], pdir / "variants.png"), "Each dot a seed; diamonds: mean ± std."))
+    blocks.append(
+        Figure(
+            plots.variants_plot(df, s.attrs["metrics"], pdir / "variants.png"), "Each dot a seed; diamonds: mean ± std."
+        )
+    )
     return blocks
 
 
@@ -130,16 +154,24 @@ def _ablation_sections(df, metrics, pdir: Path) -> list[Block]:
 def _per_class_section(df, crf: bool, pdir: Path) -> list[Block]:
     pc = per_class_iou(df, crf)
     title = "Per-class IoU (%), pseudo labels" + (" with CRF" if crf else "")
-    return [Heading("Per-class IoU"), Table((pc * 100).round(1), "Per-class IoU (%)", name="per_class_iou", data=pc, show=False),
-            Figure(plots.per_class_heatmap(pc, pdir / "per_class_iou.png", title), title)]  # fmt: skip
+    return [
+        Heading("Per-class IoU"),
+        Table((pc * 100).round(1), "Per-class IoU (%)", name="per_class_iou", data=pc, show=False),
+        Figure(plots.per_class_heatmap(pc, pdir / "per_class_iou.png", title), title),
+    ]
 
 
 def _curves_section(df, uri: str, pdir: Path) -> list[Block]:
     hist = metric_histories(uri, df)
     if hist.empty:
         return []
-    return [Heading("Training curves"), Figure(plots.training_curves(hist, pdir / "training_curves.png"),
-                                               "Held-out pseudo mIoU (no CRF) and loss per epoch; band: ± 1 std over seeds.")]  # fmt: skip
+    return [
+        Heading("Training curves"),
+        Figure(
+            plots.training_curves(hist, pdir / "training_curves.png"),
+            "Held-out pseudo mIoU (no CRF) and loss per epoch; band: ± 1 std over seeds.",
+        ),
+    ]
 
 
 def _overlay_section(df, uri: str, crf: bool, pdir: Path) -> list[Block]:
@@ -169,23 +201,37 @@ def _overlay_section(df, uri: str, crf: bool, pdir: Path) -> list[Block]:
         else:
             what = "the figure shows the next seed of those groups"
         runs = "; ".join(f"{g} seed{'s' * (len(v) > 1)} {', '.join(v)}" for g, v in missing.items())
-        blocks.append(_warn(f"Missing artifacts: examples.npz could not be read from the artifact store for {runs}; {what}."))
+        blocks.append(
+            _warn(f"Missing artifacts: examples.npz could not be read from the artifact store for {runs}; {what}.")
+        )
     if panels:
         p = plots.overlay_figure(panels, pdir / "overlays.png", crf)
-        blocks.append(Figure(p, "The same images of the pseudo-label split (train), ground truth and each variant's pseudo labels (lowest seed)."))
+        blocks.append(
+            Figure(
+                p,
+                "The same images of the pseudo-label split (train), ground truth and each variant's pseudo labels (lowest seed).",
+            )
+        )
     return blocks
 
 
 def build(
-    study_name: str, uri: str, out: Path, expected_seeds: int | None = None, baseline: str = BASELINE,
-    optuna_study=None, search: SearchInfo | None = None,
-) -> Path:  # fmt: skip
+    study_name: str,
+    uri: str,
+    out: Path,
+    expected_seeds: int | None = None,
+    baseline: str = BASELINE,
+    optuna_study=None,
+    search: SearchInfo | None = None,
+) -> Path:
     """Write the report of ``study_name`` under ``out``; returns the path of report.md. A search
     study whose runs carry a stage tag gets a Search section (tune-split values) and a
     Confirmation section, and its main table is built from the confirmation runs only."""
     runs = load_runs(uri, study_name)
     if finished(runs).empty:
-        raise ReportError(f"study {study_name!r} has no finished trial yet ({len(runs)} runs: {', '.join(sorted(set(runs['state'])))})")
+        raise ReportError(
+            f"study {study_name!r} has no finished trial yet ({len(runs)} runs: {', '.join(sorted(set(runs['state'])))})"
+        )
     pdir = out / "plots"
     pdir.mkdir(parents=True, exist_ok=True)
     blocks: list[Block] = [Heading(f"Study report: {study_name}", 1)]
@@ -196,28 +242,47 @@ def build(
         blocks += _staged_sections(runs, optuna_study, search, pdir)
         df = stage_runs(runs, "confirm")
         if finished(df).empty:
-            blocks.append(Paragraph("No confirmation run (no confirm: block, or none finished yet): nothing here is scored on the report split."))
+            blocks.append(
+                Paragraph(
+                    "No confirmation run (no confirm: block, or none finished yet): nothing here is scored on the report split."
+                )
+            )
             return _write(blocks, out, study_name)
     base = baseline if baseline in set(df["variant"]) else None
     status = status_table(df, expected_seeds)
     s = summary(df, base)
     crf = "pseudo_miou_crf" in s.attrs["metrics"]
-    incomplete = status[(status["seeds"] < status["expected"]) | (status.drop(columns=["FINISHED", "seeds", "expected"]).sum(axis=1) > 0)]
-    if len(incomplete):
-        rows = "; ".join(f"{g}: {int(r['seeds'])}/{int(r['expected'])} seeds finished"
-                         + "".join(f", {int(r[c])} {c.lower()}" for c in ("FAILED", "PRUNED", "RUNNING") if c in r and r[c])
-                         for g, r in incomplete.iterrows())  # fmt: skip
-        blocks.append(Alert(f"Incomplete study: means are over the finished seeds only ({rows})."))
-    blocks.append(Paragraph(f"{len(finished(df))} finished trial runs of {len(df)} read from MLflow ({uri}). "
-                            "Values are mIoU in %, mean ± sample std over seeds."))  # fmt: skip
+    blocks += _incomplete_alert(status)
+    blocks.append(
+        Paragraph(
+            f"{len(finished(df))} finished trial runs of {len(df)} read from MLflow ({uri}). "
+            "Values are mIoU in %, mean ± sample std over seeds."
+        )
+    )
     blocks += _protocol_section(df, base)
-    title = "Main results (confirmation runs, report split)" if staged else "Main results"  # a search study: its confirmation runs
+    title = "Main results (confirmation runs, report split)" if staged else "Main results"
     blocks += _main_section(df, s, status, base, study_name, pdir, title)
     blocks += _ablation_sections(df, s.attrs["metrics"], pdir)
     blocks += _per_class_section(df, crf, pdir)
     blocks += _curves_section(df, uri, pdir)
     blocks += _overlay_section(df, uri, crf, pdir)
     return _write(blocks, out, study_name)
+
+
+def _incomplete_alert(status: pd.DataFrame) -> list[Block]:
+    """An alert naming each group with missing seeds or failed, pruned or running trials."""
+    incomplete = status[
+        (status["seeds"] < status["expected"])
+        | (status.drop(columns=["FINISHED", "seeds", "expected"]).sum(axis=1) > 0)
+    ]
+    if not len(incomplete):
+        return []
+    rows = "; ".join(
+        f"{g}: {int(r['seeds'])}/{int(r['expected'])} seeds finished"
+        + "".join(f", {int(r[c])} {c.lower()}" for c in ("FAILED", "PRUNED", "RUNNING") if c in r and r[c])
+        for g, r in incomplete.iterrows()
+    )
+    return [Alert(f"Incomplete study: means are over the finished seeds only ({rows}).")]
 
 
 def _write(blocks: list[Block], out: Path, study_name: str) -> Path:
@@ -253,9 +318,15 @@ def _protocol_section(df: pd.DataFrame, baseline: str | None) -> list[Block]:
     """The "Protocol" section (:mod:`bench.report.protocol_card`): the card of the runs' resolved
     configurations beside ViT-PCM's published protocol; also tables/protocol.csv and .tex."""
     card = protocol_card(df)
-    text = (protocol_sentence(card, baseline) + " Values are the runs' resolved configurations; "
-            "'differs' names the variants that depart from the published value.")  # fmt: skip
-    return [Heading("Protocol"), Paragraph(text), Table(card, "Protocol: this study vs ViT-PCM's published one", name="protocol")]
+    text = (
+        protocol_sentence(card, baseline) + " Values are the runs' resolved configurations; "
+        "'differs' names the variants that depart from the published value."
+    )
+    return [
+        Heading("Protocol"),
+        Paragraph(text),
+        Table(card, "Protocol: this study vs ViT-PCM's published one", name="protocol"),
+    ]
 
 
 def power_advice(uri: str, study_name: str, baseline: str) -> list[str]:

@@ -29,13 +29,25 @@ def _save(fig, path: Path) -> Path:
 def variants_plot(df: pd.DataFrame, metrics: list[str], path: Path) -> Path:
     """Each metric per group: one dot a seed, the mean and +- 1 std."""
     f = finished(df)
-    long = f.melt(id_vars=["group", "seed"], value_vars=[f"metrics.{m}" for m in metrics], var_name="metric", value_name="mIoU")
+    long = f.melt(
+        id_vars=["group", "seed"], value_vars=[f"metrics.{m}" for m in metrics], var_name="metric", value_name="mIoU"
+    )
     long["metric"] = long["metric"].str.removeprefix("metrics.").map(METRIC_LABELS)
     long["mIoU"] *= 100
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * f["group"].nunique() * len(metrics) ** 0.5, 3.6))
     dodge = len(metrics) > 1  # seaborn divides by (hue levels - 1)
-    sns.pointplot(long, x="group", y="mIoU", hue="metric", errorbar="sd", dodge=0.4 if dodge else False, linestyle="none",
-                  capsize=0.1, markers="D", ax=ax)  # fmt: skip
+    sns.pointplot(
+        long,
+        x="group",
+        y="mIoU",
+        hue="metric",
+        errorbar="sd",
+        dodge=0.4 if dodge else False,
+        linestyle="none",
+        capsize=0.1,
+        markers="D",
+        ax=ax,
+    )
     sns.stripplot(long, x="group", y="mIoU", hue="metric", dodge=dodge, alpha=0.45, legend=False, ax=ax, size=4)
     ax.set(xlabel="", ylabel="mIoU (%)", title="Pseudo-label quality per variant (mean ± std over seeds)")
     ax.tick_params(axis="x", rotation=20)
@@ -59,7 +71,9 @@ def ablation_plot(df: pd.DataFrame, axis: str, metrics: list[str], path: Path) -
 
 def per_class_heatmap(table: pd.DataFrame, path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(1.2 + 0.75 * table.shape[1], 0.9 + 0.45 * table.shape[0]))
-    sns.heatmap(table * 100, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, cbar_kws={"label": "IoU (%)"}, ax=ax)
+    sns.heatmap(
+        table * 100, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, cbar_kws={"label": "IoU (%)"}, ax=ax
+    )
     ax.set(xlabel="", ylabel="", title=title)
     ax.tick_params(axis="x", rotation=35)
     ax.tick_params(axis="y", rotation=0)

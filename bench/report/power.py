@@ -52,8 +52,10 @@ def clause(n: int, diff: float, sd: float, scale: float = 100.0, unit: str = "po
     p = power(n, diff, sd)
     if p is None:
         return f"the paired differences do not vary over {n} seeds (sd 0); a t-test and its power need spread"
-    head = (f"the paired differences vary with sd {scale * sd:.1f} {unit}; with {n} seeds a paired t-test "
-            f"(α = {ALPHA}) detects {scale * p.detectable:.1f} {unit} with {POWER:.0%} power")  # fmt: skip
+    head = (
+        f"the paired differences vary with sd {scale * sd:.1f} {unit}; with {n} seeds a paired t-test "
+        f"(α = {ALPHA}) detects {scale * p.detectable:.1f} {unit} with {POWER:.0%} power"
+    )
     if p.needed is None:
         return f"{head}; the observed {scale * diff:+.1f} {unit} is too small to settle with any sensible number of seeds (more than {MAX_SEEDS})"
     enough = " (the study has enough)" if p.needed <= n else ""

@@ -85,10 +85,18 @@ def _g(x: float | None) -> str:
 def backbone(p: Params) -> Cell:
     name, file = p.get("model.backbone"), p.opt("model.pretrained_file")
     file = None if file == NOT_RECORDED else file  # runs from before the option had no file
-    shape = [f"{k}={p.get(f'model.{k}')}" for k in ("depth", "embed_dim", "patch_size") if p.get(f"model.{k}") is not None]
-    weights = f"weights from file {file}" if file else ("timm pretrained weights" if p.flag("model.pretrained") else "trained from scratch")
+    shape = [
+        f"{k}={p.get(f'model.{k}')}" for k in ("depth", "embed_dim", "patch_size") if p.get(f"model.{k}") is not None
+    ]
+    weights = (
+        f"weights from file {file}"
+        if file
+        else ("timm pretrained weights" if p.flag("model.pretrained") else "trained from scratch")
+    )
     text = f"{name}{' (' + ', '.join(shape) + ')' if shape else ''}, {weights}"
-    same_shape = all(p.get(f"model.{k}") in (None, v) for k, v in (("depth", "12"), ("embed_dim", "768"), ("patch_size", "16")))
+    same_shape = all(
+        p.get(f"model.{k}") in (None, v) for k, v in (("depth", "12"), ("embed_dim", "768"), ("patch_size", "16"))
+    )
     return Cell(text, not (name == "vit_base_patch16_384" and same_shape and (file or p.flag("model.pretrained"))))
 
 
@@ -124,7 +132,9 @@ def equivariance(p: Params) -> Cell:
     if w == 0:
         return Cell("off (eq_weight 0)", True)
     form = p.opt("loss.eq_form")
-    return Cell(f"{EQ_FORMS.get(form, form)}, weight {_g(w)}", _any(None if form == NOT_RECORDED else form != "vitpcm", w != 1))
+    return Cell(
+        f"{EQ_FORMS.get(form, form)}, weight {_g(w)}", _any(None if form == NOT_RECORDED else form != "vitpcm", w != 1)
+    )
 
 
 def optimizer(p: Params) -> Cell:
@@ -157,8 +167,10 @@ def conditioning(p: Params) -> Cell:
 
 def pooling(p: Params) -> Cell:
     kind = p.get("pooling.kind")
-    detail = {"topk": lambda: f" k={p.get('pooling.k')}" if p.get("pooling.k") else f" k_ratio={p.get('pooling.k_ratio')}",
-              "lse": lambda: f" r={p.get('pooling.lse_r')}"}.get(kind, lambda: "")()  # fmt: skip
+    detail = {
+        "topk": lambda: f" k={p.get('pooling.k')}" if p.get("pooling.k") else f" k_ratio={p.get('pooling.k_ratio')}",
+        "lse": lambda: f" r={p.get('pooling.lse_r')}",
+    }.get(kind, lambda: "")()
     return Cell(f"{kind}{detail}", kind != "max" and not (kind == "topk" and p.get("pooling.k") == "1"))
 
 
@@ -167,7 +179,14 @@ def pce(p: Params) -> Cell:
     return Cell(f"{p.get('loss.pce_form')}, weight {w:g}" if w else "none", bool(w))
 
 
-CRF_PUBLISHED = {"gaussian_sxy": 1, "gaussian_compat": 3, "bilateral_sxy": 67, "bilateral_srgb": 3, "bilateral_compat": 4, "iterations": 10}
+CRF_PUBLISHED = {
+    "gaussian_sxy": 1,
+    "gaussian_compat": 3,
+    "bilateral_sxy": 67,
+    "bilateral_srgb": 3,
+    "bilateral_compat": 4,
+    "iterations": 10,
+}
 
 
 def crf(p: Params) -> Cell:
@@ -178,8 +197,10 @@ def crf(p: Params) -> Cell:
 
 
 def _crf_text(v: dict[str, float]) -> str:
-    return (f"dense CRF: Gaussian sxy {v['gaussian_sxy']:g} compat {v['gaussian_compat']:g}; bilateral sxy "
-            f"{v['bilateral_sxy']:g} srgb {v['bilateral_srgb']:g} compat {v['bilateral_compat']:g}; {v['iterations']:g} iterations")  # fmt: skip
+    return (
+        f"dense CRF: Gaussian sxy {v['gaussian_sxy']:g} compat {v['gaussian_compat']:g}; bilateral sxy "
+        f"{v['bilateral_sxy']:g} srgb {v['bilateral_srgb']:g} compat {v['bilateral_compat']:g}; {v['iterations']:g} iterations"
+    )
 
 
 def epochs(p: Params) -> Cell:
@@ -205,7 +226,10 @@ def _split(p: Params, key: str, which: int) -> Cell:
     used, n = p.tag(split_tag(CARD_ROLES[which])), p.tag(split_size_tag(CARD_ROLES[which]))
     if used is not None:  # what the trial itself says it read (a search's tune split, its report part, ...)
         published = f"{kind}-{SPLITS[kind][which]}" if kind in SPLITS else None
-        return Cell(f"{used} ({int(n):,} images)" if n else used, used != published or p.opt("data.max_images") not in (None, NOT_RECORDED))
+        return Cell(
+            f"{used} ({int(n):,} images)" if n else used,
+            used != published or p.opt("data.max_images") not in (None, NOT_RECORDED),
+        )
     if kind == "synthetic":
         stream = "val" if which == 2 else "train"  # pseudo labels are made on the train scenes
         return Cell(f"synthetic {stream} scenes ({p.get(f'data.n_{stream}')} images)", True)
@@ -222,9 +246,14 @@ def stage2(p: Params) -> Cell:
     model, opt, split = p.get("segment.model"), p.opt("segment.optimizer"), p.opt("segment.train_split")
     text = f"{model}, {opt}, trained on {split}"
     train = SPLITS.get(p.get("data.kind"), ("",))[0]
-    return Cell(text, _any(not ("deeplabv2" in model and "101" in model),
-                           None if opt == NOT_RECORDED else opt != "sgd",
-                           None if split == NOT_RECORDED else split != train))  # fmt: skip
+    return Cell(
+        text,
+        _any(
+            not ("deeplabv2" in model and "101" in model),
+            None if opt == NOT_RECORDED else opt != "sgd",
+            None if split == NOT_RECORDED else split != train,
+        ),
+    )
 
 
 #: (element, ViT-PCM's published value, the study's value of one run)
@@ -280,10 +309,18 @@ def protocol_card(runs: pd.DataFrame) -> pd.DataFrame:
             if c is None or c not in per[v]:
                 per[v].append(c)
         texts = {v: " / ".join(c.text if c else NOT_RECORDED for c in cells) for v, cells in per.items()}
-        study = next(iter(texts.values())) if len(set(texts.values())) == 1 else "; ".join(f"{v}: {t}" for v, t in texts.items())
+        study = (
+            next(iter(texts.values()))
+            if len(set(texts.values())) == 1
+            else "; ".join(f"{v}: {t}" for v, t in texts.items())
+        )
         differ = [v for v, cells in per.items() if any(c is not None and c.differs for c in cells)]
         unknown = any(c is None or c.differs is None for cells in per.values() for c in cells)
-        mark = (f"{DIFFERS}: " + ("all" if len(differ) == len(order) > 1 else ", ".join(differ))) if differ else ("not recorded" if unknown else "")
+        mark = (
+            (f"{DIFFERS}: " + ("all" if len(differ) == len(order) > 1 else ", ".join(differ)))
+            if differ
+            else ("not recorded" if unknown else "")
+        )
         rows.append({"element": element, PUBLISHED: published, STUDY: study, MARK: mark})
     return pd.DataFrame(rows).set_index("element")
 

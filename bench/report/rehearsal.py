@@ -70,8 +70,13 @@ def write(rows: list[StageRow], proj: Projection, out_dir: Path, about: dict) ->
         w = csv.DictWriter(f, fieldnames=list(recs[0]) if recs else ["variant"])
         w.writeheader()
         w.writerows(recs)
-    meta = {**about, "accelerator": proj.accelerator, "peak_flops": proj.peak, "utilisation": proj.utilisation,
-            "projection": "total_flops, hours_here and gpu_hours are projections, not measurements"}  # fmt: skip
+    meta = {
+        **about,
+        "accelerator": proj.accelerator,
+        "peak_flops": proj.peak,
+        "utilisation": proj.utilisation,
+        "projection": "total_flops, hours_here and gpu_hours are projections, not measurements",
+    }
     json_path.write_text(json.dumps({**meta, "rows": recs}, indent=1))
     return csv_path, json_path
 
@@ -84,10 +89,23 @@ def table(rows: list[StageRow], proj: Projection, title: str):
     """A rich table of the rows: measured columns, then the projection's, and a total per variant."""
     from rich.table import Table
 
-    t = Table(title=title, caption=f"* projection, not a measurement: {proj.accelerator} at {proj.utilisation:.0%} of "
-              f"{proj.peak / 1e12:.0f} TFLOP/s bf16; the CRF (CPU) is in hours here, not in GPU-hours")  # fmt: skip
-    heads = ["variant", "stage", "ran here", "s/image", "peak GB", "GFLOP/image", "images in study",
-             "PFLOP*", "hours here*", f"{proj.accelerator} GPU-h*"]  # fmt: skip
+    t = Table(
+        title=title,
+        caption=f"* projection, not a measurement: {proj.accelerator} at {proj.utilisation:.0%} of "
+        f"{proj.peak / 1e12:.0f} TFLOP/s bf16; the CRF (CPU) is in hours here, not in GPU-hours",
+    )
+    heads = [
+        "variant",
+        "stage",
+        "ran here",
+        "s/image",
+        "peak GB",
+        "GFLOP/image",
+        "images in study",
+        "PFLOP*",
+        "hours here*",
+        f"{proj.accelerator} GPU-h*",
+    ]
     for h in heads:
         t.add_column(h, justify="left" if h in ("variant", "stage", "ran here") else "right")
     by_variant: dict[str, list[StageRow]] = {}
@@ -99,9 +117,29 @@ def table(rows: list[StageRow], proj: Projection, title: str):
             tot = proj.totals(r)
             sums = {k: v + (tot[k] or 0.0) for k, v in sums.items()}
             gb = _num(r.cuda_peak, 1e9) + " (CUDA)" if r.cuda_peak else _num(r.peak_rss, 1e9)
-            t.add_row(variant, r.stage + (f" [dim]({r.note})[/]" if r.note else ""), r.measured,
-                      _num(r.seconds_per_image), gb, _num(r.flops_per_image, 1e9, "{:.4g}"), f"{r.images:,.0f}",
-                      _num(tot["total_flops"], 1e15), _num(tot["hours_here"]), _num(tot["gpu_hours"]))  # fmt: skip
-        t.add_row(variant, "[bold]total[/]", "", "", "", "", "", _num(sums["total_flops"], 1e15),
-                  _num(sums["hours_here"]), _num(sums["gpu_hours"]), end_section=True)  # fmt: skip
+            t.add_row(
+                variant,
+                r.stage + (f" [dim]({r.note})[/]" if r.note else ""),
+                r.measured,
+                _num(r.seconds_per_image),
+                gb,
+                _num(r.flops_per_image, 1e9, "{:.4g}"),
+                f"{r.images:,.0f}",
+                _num(tot["total_flops"], 1e15),
+                _num(tot["hours_here"]),
+                _num(tot["gpu_hours"]),
+            )
+        t.add_row(
+            variant,
+            "[bold]total[/]",
+            "",
+            "",
+            "",
+            "",
+            "",
+            _num(sums["total_flops"], 1e15),
+            _num(sums["hours_here"]),
+            _num(sums["gpu_hours"]),
+            end_section=True,
+        )
     return t

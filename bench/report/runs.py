@@ -39,8 +39,9 @@ def run_grid_points(df: pd.DataFrame) -> pd.Series:
     cols = [c for c in df.columns if c.startswith(prefix)]
     return pd.Series(
         [{c.removeprefix(prefix): row[c] for c in cols if isinstance(row[c], str)} for _, row in df.iterrows()],
-        index=df.index, dtype=object,
-    )  # fmt: skip
+        index=df.index,
+        dtype=object,
+    )
 
 
 def load_runs(uri: str, study: str) -> pd.DataFrame:
@@ -55,21 +56,28 @@ def load_runs(uri: str, study: str) -> pd.DataFrame:
         with tracking_uri(uri):
             exp = mlflow.get_experiment_by_name(study)
             if exp is None:
-                raise ReportError(f"no study {study!r} in the MLflow store {uri} (run `bench run` first, or pass --tracking-uri)")
+                raise ReportError(
+                    f"no study {study!r} in the MLflow store {uri} (run `bench run` first, or pass --tracking-uri)"
+                )
             df = mlflow.search_runs(
-                experiment_ids=[exp.experiment_id], filter_string=f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}'",
-                max_results=100_000, order_by=["attributes.start_time ASC"],
-            )  # fmt: skip
+                experiment_ids=[exp.experiment_id],
+                filter_string=f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}'",
+                max_results=100_000,
+                order_by=["attributes.start_time ASC"],
+            )
     except (mlflow.exceptions.MlflowException, SQLAlchemyError) as e:  # a damaged or foreign database file
         cause = e.__cause__ or e
         first = (str(getattr(cause, "orig", None) or cause).strip().splitlines() or [""])[0][:200]
-        raise TrackingStoreError(uri, f"cannot be read ({type(getattr(cause, 'orig', None) or cause).__name__}: {first})") from e
+        raise TrackingStoreError(
+            uri, f"cannot be read ({type(getattr(cause, 'orig', None) or cause).__name__}: {first})"
+        ) from e
     if df.empty:
         raise ReportError(f"study {study!r} has no trial runs in {uri}")
     df = df.rename(columns={f"tags.{Tag.VARIANT}": "variant"})
     df["seed"] = pd.to_numeric(df[f"tags.{Tag.SEED}"], errors="coerce").astype("Int64")
-    df["state"] = np.where(df.get(f"tags.{Tag.STATE}", pd.Series(index=df.index, dtype=object)) == "PRUNED",
-                           "PRUNED", df["status"])  # fmt: skip
+    df["state"] = np.where(
+        df.get(f"tags.{Tag.STATE}", pd.Series(index=df.index, dtype=object)) == "PRUNED", "PRUNED", df["status"]
+    )
     grids = run_grid_points(df)
     axes = sorted({k for g in grids for k in g})
     for axis in axes:
@@ -85,7 +93,9 @@ def finished(df: pd.DataFrame) -> pd.DataFrame:
 
 def status_table(df: pd.DataFrame, expected_seeds: int | None) -> pd.DataFrame:
     """Per group: finished / failed / pruned / running counts and whether seeds are missing."""
-    t = pd.crosstab(df["group"], df["state"]).reindex(columns=["FINISHED", "FAILED", "PRUNED", "RUNNING", "KILLED"], fill_value=0)
+    t = pd.crosstab(df["group"], df["state"]).reindex(
+        columns=["FINISHED", "FAILED", "PRUNED", "RUNNING", "KILLED"], fill_value=0
+    )
     t = t.loc[:, (t != 0).any() | t.columns.isin(["FINISHED", "FAILED", "PRUNED", "RUNNING"])]
     expected = expected_seeds or int(finished(df).groupby("group")["seed"].nunique().max() or 0)
     t["seeds"] = finished(df).groupby("group")["seed"].nunique().reindex(t.index, fill_value=0)

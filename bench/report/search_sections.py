@@ -60,21 +60,36 @@ class SearchInfo:
         return "tune split" if self.tuned else "pseudo-label split"
 
     @classmethod
-    def from_study(cls, study) -> "SearchInfo":
+    def from_study(cls, study) -> SearchInfo:
         s, c = study.search, study.confirm
-        return cls(s.metric, s.direction, list(s.seeds), s.tune.count if s.tune is not None else None,
-                   c.baseline if c else None, list(c.seeds) if c else [], s.tune is not None)  # fmt: skip
+        return cls(
+            s.metric,
+            s.direction,
+            list(s.seeds),
+            s.tune.count if s.tune is not None else None,
+            c.baseline if c else None,
+            list(c.seeds) if c else [],
+            s.tune is not None,
+        )
 
     @classmethod
-    def from_runs(cls, runs: pd.DataFrame, ostudy, baseline: str | None) -> "SearchInfo":
+    def from_runs(cls, runs: pd.DataFrame, ostudy, baseline: str | None) -> SearchInfo:
         """Without the study file: what the runs and the Optuna study tell."""
         search, confirm = stage_runs(runs, Stage.SEARCH), stage_runs(runs, Stage.CONFIRM)
-        seeds = sorted({int(x) for v in search.get(f"tags.{Tag.SEARCH_SEEDS}", pd.Series(dtype=object)).dropna() for x in str(v).split(",")})
+        seeds = sorted(
+            {
+                int(x)
+                for v in search.get(f"tags.{Tag.SEARCH_SEEDS}", pd.Series(dtype=object)).dropna()
+                for x in str(v).split(",")
+            }
+        )
         return cls(
-            direction=ostudy.direction.name.lower() if ostudy is not None else "maximize", seeds=seeds or [0],
-            baseline=baseline, confirm_seeds=sorted({int(x) for x in confirm["seed"].dropna()}),
+            direction=ostudy.direction.name.lower() if ostudy is not None else "maximize",
+            seeds=seeds or [0],
+            baseline=baseline,
+            confirm_seeds=sorted({int(x) for x in confirm["seed"].dropna()}),
             tuned=any(str(c).startswith("metrics.tune_") for c in runs.columns),
-        )  # fmt: skip
+        )
 
 
 def is_staged(df: pd.DataFrame) -> bool:
@@ -157,7 +172,11 @@ def best_trials(df: pd.DataFrame, ostudy, info: SearchInfo, top: int = 10) -> Ta
     display = display.rename(columns={"value": f"{_label(metric)} ({info.split})"})
     mean = " (mean over seeds " + ", ".join(map(str, seeds)) + ")" if per_seed else ""
     caption = f"Best search trials, {info.direction} {_label(metric)} on the {info.split}{mean}"
-    caption += "; not comparable to report-split values" if info.tuned else "; optimistic: scored on the images it was chosen on"
+    caption += (
+        "; not comparable to report-split values"
+        if info.tuned
+        else "; optimistic: scored on the images it was chosen on"
+    )
     return TableBlock(data, display, caption, "best_trials")
 
 
@@ -176,16 +195,23 @@ def search_section(df: pd.DataFrame, ostudy, info: SearchInfo) -> Section:
     counts = pd.Series([t.state.name.lower() for t in trials]).value_counts()
     done = ", ".join(f"{n} {s}" for s, n in counts.items())
     seeds = info.seeds
-    seeds_txt = (f"each configuration trained with seeds {', '.join(map(str, seeds))}, objective their mean"
-                 if len(seeds) > 1 else f"one seed ({seeds[0]}) per configuration")  # fmt: skip
+    seeds_txt = (
+        f"each configuration trained with seeds {', '.join(map(str, seeds))}, objective their mean"
+        if len(seeds) > 1
+        else f"one seed ({seeds[0]}) per configuration"
+    )
     if info.tuned:
         images = f" ({info.n_tune} images)" if info.n_tune else ""
-        where = (f"The objective and the pruning monitor read the masks of the tune split{images} only, which no other "
-                 "number in this report scores: values here are tune-split values, optimistic for the configuration "
-                 "they selected (see the optimism gap under Confirmation).")  # fmt: skip
+        where = (
+            f"The objective and the pruning monitor read the masks of the tune split{images} only, which no other "
+            "number in this report scores: values here are tune-split values, optimistic for the configuration "
+            "they selected (see the optimism gap under Confirmation)."
+        )
     else:
-        where = ("No search.tune: the objective was scored on the pseudo-label split itself, so the best value is "
-                 "optimistic by construction; add search.tune and confirm: to compare with a baseline honestly.")  # fmt: skip
+        where = (
+            "No search.tune: the objective was scored on the pseudo-label split itself, so the best value is "
+            "optimistic by construction; add search.tune and confirm: to compare with a baseline honestly."
+        )
     sec = Section("Search", [f"{len(trials)} search trials ({done}); {seeds_txt}. {where}"])
     table = best_trials(df, ostudy, info)
     if table is not None:
@@ -213,7 +239,14 @@ def optimism_gap(df: pd.DataFrame, ostudy, metric: str, direction: str) -> pd.Da
         mean = float(v.mean()) if len(v) else float("nan")
         gap = tune - mean if direction == "maximize" else mean - tune
         std = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
-        rows[variant] = {"trial": trial, "tune": tune, "report_mean": mean, "report_std": std, "seeds": int(g["seed"].nunique()), "gap": gap}
+        rows[variant] = {
+            "trial": trial,
+            "tune": tune,
+            "report_mean": mean,
+            "report_std": std,
+            "seeds": int(g["seed"].nunique()),
+            "gap": gap,
+        }
     out = pd.DataFrame.from_dict(rows, orient="index", columns=cols)
     out.index.name = "configuration"
     return out.sort_values("trial", kind="stable") if len(out) else out
@@ -237,7 +270,9 @@ def confirmation_section(df: pd.DataFrame, ostudy, info: SearchInfo) -> Section:
     display = pd.DataFrame(index=gap.index)
     display["search trial"] = gap["trial"].astype(str)
     display[f"{label}, tune split (search)"] = [_fmt(metric, v) for v in gap["tune"]]
-    display[f"{label}, report split (confirmed)"] = [f"{_fmt(metric, m)} ± {_fmt(metric, s)}" for m, s in zip(gap["report_mean"], gap["report_std"])]
+    display[f"{label}, report split (confirmed)"] = [
+        f"{_fmt(metric, m)} ± {_fmt(metric, s)}" for m, s in zip(gap["report_mean"], gap["report_std"])
+    ]
     display["seeds"] = gap["seeds"].astype(str)
     display["optimism gap"] = [_fmt(metric, v, signed=True) for v in gap["gap"]]
     unit = " (points)" if metric in METRIC_LABELS else ""

@@ -57,7 +57,9 @@ def paired(df: pd.DataFrame, group: str, baseline: str, metric: str) -> Comparis
         if len(d) < T_INTERVAL_BELOW:
             ci, kind = test.confidence_interval(0.95), "t"
         else:
-            ci = stats.bootstrap((d.to_numpy(),), np.mean, n_resamples=5000, method="percentile", random_state=0).confidence_interval
+            ci = stats.bootstrap(
+                (d.to_numpy(),), np.mean, n_resamples=5000, method="percentile", random_state=0
+            ).confidence_interval
             kind = "bootstrap"
         lo, hi = float(ci.low), float(ci.high)
     sd = float(d.std(ddof=1)) if len(d) >= 2 else float("nan")
@@ -78,14 +80,25 @@ def summary(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
         row: dict = {"group": group, "variant": g["variant"].iloc[0] if len(g) else None, "n": g["seed"].nunique()}
         for m in metrics:
             v = g[f"metrics.{m}"].dropna()
-            row[f"{m}_mean"], row[f"{m}_std"] = (v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0) if len(v) else (np.nan, np.nan)
+            row[f"{m}_mean"], row[f"{m}_std"] = (
+                (v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0) if len(v) else (np.nan, np.nan)
+            )
         base_group = _baseline_group(df, group, baseline)
         if base_group and base_group != group:
             for m in metrics:
                 c = paired(df, group, base_group, m)
                 if c is not None:
-                    row.update({f"{m}_diff": c.diff, f"{m}_ci_low": c.ci_low, f"{m}_ci_high": c.ci_high,
-                                f"{m}_p": c.p, f"{m}_pairs": c.n, f"{m}_ci_kind": c.ci_kind, f"{m}_diff_sd": c.sd})  # fmt: skip
+                    row.update(
+                        {
+                            f"{m}_diff": c.diff,
+                            f"{m}_ci_low": c.ci_low,
+                            f"{m}_ci_high": c.ci_high,
+                            f"{m}_p": c.p,
+                            f"{m}_pairs": c.n,
+                            f"{m}_ci_kind": c.ci_kind,
+                            f"{m}_diff_sd": c.sd,
+                        }
+                    )
         rows.append(row)
     out = pd.DataFrame(rows).set_index("group")
     out.attrs["metrics"] = metrics

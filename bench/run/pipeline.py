@@ -6,12 +6,12 @@ the pseudo labels and scored on val; with the run's metrics, artifacts and check
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 import hashlib
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ class TrialContext:
     before_stage1: Callable[[MethodConfig, Path], None] | None = None  # (config, checkpoint)
     max_steps: int | None = None
 
-    def for_stage(self, stage: str) -> "TrialContext":
+    def for_stage(self, stage: str) -> TrialContext:
         """This context with the splits of a trial of ``stage``: a search trial reads the masks
         of the tune images only; a confirmation run scores the report images."""
         if self.tune is None or stage == Stage.GRID:
@@ -137,11 +137,19 @@ def stage2_labels(
         what = f"stage-2 pseudo labels ({seg_train_split_name(ctx.study.data)})"
         report = (lambda n, total: ctx.on_progress(what, n, total)) if ctx.on_progress else (lambda n, total: None)
         make_pseudo_labels(
-            stage1.model, _counting(unscored(split.subset(todo)), report), cfg.pseudo, stage1.device,
-            out_dir=label_root, use_crf=crf, progress=ctx.on_progress is None,
-        )  # fmt: skip
+            stage1.model,
+            _counting(unscored(split.subset(todo)), report),
+            cfg.pseudo,
+            stage1.device,
+            out_dir=label_root,
+            use_crf=crf,
+            progress=ctx.on_progress is None,
+        )
     seconds = time.perf_counter() - t0
-    return label_root / ("pseudo_crf" if crf else "pseudo"), {"seg_pseudo_seconds": seconds, "seg_train_images": len(split)}
+    return label_root / ("pseudo_crf" if crf else "pseudo"), {
+        "seg_pseudo_seconds": seconds,
+        "seg_train_images": len(split),
+    }
 
 
 def run_stage2(
@@ -157,12 +165,23 @@ def train_and_score_stage2(ctx: TrialContext, cfg: MethodConfig, run_id: str, la
     """Train the segmentation network on the pseudo labels in ``label_dir`` (per-epoch metrics
     logged), score it on val; its overlay and confusion matrix as artifacts; its metrics."""
     tracker = ctx.tracker
-    inputs = Stage2Inputs(ctx.splits.seg_train, label_dir, ctx.splits.val, seed=cfg.train.seed, device=cfg.train.device,
-                          loader_workers=ctx.splits.loader_workers)  # fmt: skip
+    inputs = Stage2Inputs(
+        ctx.splits.seg_train,
+        label_dir,
+        ctx.splits.val,
+        seed=cfg.train.seed,
+        device=cfg.train.device,
+        loader_workers=ctx.splits.loader_workers,
+    )
     seg = train_segmentation(
-        cfg.segment, cfg.model, inputs, keep_examples=N_EXAMPLES, progress=False, max_steps=ctx.max_steps,
+        cfg.segment,
+        cfg.model,
+        inputs,
+        keep_examples=N_EXAMPLES,
+        progress=False,
+        max_steps=ctx.max_steps,
         on_epoch_end=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch),
-    )  # fmt: skip
+    )
     mean, per = miou(seg.conf)
     names = list(ctx.splits.class_names)
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,30 +194,80 @@ def train_and_score_stage2(ctx: TrialContext, cfg: MethodConfig, run_id: str, la
 
 
 def train_and_score(
-    ctx: TrialContext, trial: optuna.Trial, run_id: str, cfg: MethodConfig, key: str, paths: tuple[Path, Path],
-    suffix: str, monitor: bool, prune: bool,
-) -> tuple[dict[str, float], pd.DataFrame, Any]:  # fmt: skip
+    ctx: TrialContext,
+    trial: optuna.Trial,
+    run_id: str,
+    cfg: MethodConfig,
+    key: str,
+    paths: tuple[Path, Path],
+    suffix: str,
+    monitor: bool,
+    prune: bool,
+) -> tuple[dict[str, float], pd.DataFrame, Any]:
     """Stage 1 (resumed from ``key``'s checkpoint where one fits), pseudo labels of
     ``ctx.splits.pseudo`` and stage 2 where enabled, for one configuration and seed. Per-epoch
     metrics are logged with ``suffix`` on their names; with ``monitor`` the held-out mIoU feeds
     ``trial.report`` (and, with ``prune``, the pruner: a search trial's first seed; a confirmation
     run reports nothing). Returns (final metrics, per-class table, pseudo labels)."""
-    tracker, study = ctx.tracker, ctx.study
     ckpt, label_root = paths
     label_root = label_root if cfg.segment.enabled else None
-    label, epochs, chash = f"{key} (trial {trial.number})", cfg.train.epochs, config_hash(cfg)
-    pruning = monitor and prune and study.search is not None and study.search.pruner != "none"
+    label, chash = f"{key} (trial {trial.number})", config_hash(cfg)
+    pruning = monitor and prune and ctx.study.search is not None and ctx.study.search.pruner != "none"
 
     def log(metrics: dict[str, float], step: int) -> None:
-        tracker.log_metrics(run_id, {f"{k}{suffix}": v for k, v in metrics.items()}, step=step)
+        ctx.tracker.log_metrics(run_id, {f"{k}{suffix}": v for k, v in metrics.items()}, step=step)
 
+    state = _resumable(ctx, run_id, ckpt, chash, suffix, log)
+    on_epoch_end = _epoch_callback(ctx, trial, log, label, cfg.train.epochs, monitor, pruning)
+    if ctx.on_progress:
+        ctx.on_progress(label, 0, cfg.train.epochs)
+    meta = checkpoint.make_meta(chash, key, cfg)
+    if ctx.before_stage1:
+        ctx.before_stage1(cfg, ckpt)
+    t0 = time.perf_counter()
+    result = train_stage1(
+        cfg,
+        ctx.splits,
+        on_epoch_end=on_epoch_end,
+        checkpoint_path=ckpt,
+        progress=False,
+        checkpoint_meta=meta,
+        resume=state,
+        max_steps=ctx.max_steps,
+    )
+    t1 = time.perf_counter()
+    pseudo = make_pseudo_labels(
+        result.model,
+        ctx.splits.pseudo,
+        cfg.pseudo,
+        result.device,
+        out_dir=label_root,
+        keep_examples=N_EXAMPLES,
+        progress=False,
+    )
+    metrics, table = final_metrics(pseudo.conf, pseudo.conf_crf, ctx.splits.class_names)
+    metrics.update(train_seconds=t1 - t0, pseudo_seconds=pseudo.seconds)
+    if cfg.segment.enabled:
+        metrics.update(run_stage2(ctx, cfg, run_id, label_root, result))
+    return metrics, table, pseudo
+
+
+def _resumable(ctx: TrialContext, run_id: str, ckpt: Path, chash: str, suffix: str, log) -> Checkpoint | None:
+    """The checkpoint a dead worker left for this configuration, its epochs logged again and the
+    run tagged with where it resumes; None (with the reason tagged) when there is none to use."""
     state, discarded = usable_checkpoint(ckpt, chash)
     if discarded:
-        tracker.set_tags(run_id, {discarded_tag(suffix): discarded})
-    if state is not None:  # a dead worker's progress: log what it had, then go on from there
+        ctx.tracker.set_tags(run_id, {discarded_tag(suffix): discarded})
+    if state is not None:
         for step, row in enumerate(state.history):
             log(row, step)
-        tracker.set_tags(run_id, {resumed_tag(suffix): len(state.history)})
+        ctx.tracker.set_tags(run_id, {resumed_tag(suffix): len(state.history)})
+    return state
+
+
+def _epoch_callback(ctx: TrialContext, trial, log, label: str, epochs: int, monitor: bool, pruning: bool):
+    """Stage 1's ``on_epoch_end``: log the epoch, show progress, report the held-out mIoU to
+    Optuna (``monitor``) and prune when the pruner says so (``pruning``)."""
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         log(metrics, epoch)
@@ -211,24 +280,7 @@ def train_and_score(
         if pruning and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch} (monitor mIoU {value:.4f})")
 
-    if ctx.on_progress:
-        ctx.on_progress(label, 0, epochs)
-    meta = checkpoint.make_meta(chash, key, cfg)
-    if ctx.before_stage1:
-        ctx.before_stage1(cfg, ckpt)
-    t0 = time.perf_counter()
-    result = train_stage1(cfg, ctx.splits, on_epoch_end=on_epoch_end, checkpoint_path=ckpt, progress=False,
-                          checkpoint_meta=meta, resume=state, max_steps=ctx.max_steps)  # fmt: skip
-    t1 = time.perf_counter()
-    pseudo = make_pseudo_labels(
-        result.model, ctx.splits.pseudo, cfg.pseudo, result.device, out_dir=label_root,
-        keep_examples=N_EXAMPLES, progress=False,
-    )  # fmt: skip
-    metrics, table = final_metrics(pseudo.conf, pseudo.conf_crf, ctx.splits.class_names)
-    metrics.update(train_seconds=t1 - t0, pseudo_seconds=pseudo.seconds)
-    if cfg.segment.enabled:
-        metrics.update(run_stage2(ctx, cfg, run_id, label_root, result))
-    return metrics, table, pseudo
+    return on_epoch_end
 
 
 def _move_aside(path: Path, why: str) -> Path:
@@ -255,6 +307,8 @@ def usable_checkpoint(path: Path, expected_hash: str) -> tuple[Checkpoint | None
         if got == expected_hash:
             return state, None
         dest = _move_aside(path, "stale")
-        reason = f"checkpoint {path} made with configuration {got or 'unknown'}, not {expected_hash}; moved to {dest.name}"
+        reason = (
+            f"checkpoint {path} made with configuration {got or 'unknown'}, not {expected_hash}; moved to {dest.name}"
+        )
     print(f"bench: warning: {reason}; the trial starts from scratch", file=sys.stderr)
     return None, reason

@@ -31,9 +31,10 @@ def states(names: Sequence[str]) -> tuple[TrialState, ...]:
 def searched(trials: Sequence[Any], *state_names: str) -> list[Any]:
     """The study's search trials, optionally only those in one of ``state_names``."""
     return [
-        t for t in trials
+        t
+        for t in trials
         if stage_of(t.user_attrs.get(Attr.JOB_KEY)) == Stage.SEARCH and (not state_names or t.state.name in state_names)
-    ]  # fmt: skip
+    ]
 
 
 def search_spent(study, trials: Sequence[Any]) -> bool:

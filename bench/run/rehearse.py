@@ -107,8 +107,9 @@ def first_images(splits: Splits, n: int) -> Splits:
     def first(s):
         return s.subset(range(min(n, len(s))))
 
-    return Splits(first(splits.train), first(splits.pseudo), first(splits.val), splits.loader_workers,
-                  first(splits.seg_train))  # fmt: skip
+    return Splits(
+        first(splits.train), first(splits.pseudo), first(splits.val), splits.loader_workers, first(splits.seg_train)
+    )
 
 
 @contextmanager
@@ -179,17 +180,9 @@ def rehearse_stages(study: Study, plan: Plan, meter, steps: int, after_stage1: b
     """Run the stages of one configuration, each measured (:class:`~.measure.Span`); with
     ``after_stage1`` False, stage 1 only (no monitor). Returns the spans and what the rows
     need. Raises :class:`RehearsalError`."""
-    from tkp_pcl.pseudo import make_pseudo_labels
     from tkp_pcl.stage1 import checkpoint, train_stage1
 
-    from .pipeline import (
-        N_EXAMPLES,
-        TrialContext,
-        final_metrics,
-        stage2_labels,
-        train_and_score_stage2,
-        write_artifacts,
-    )
+    from .pipeline import TrialContext
 
     v, cfg, s = plan.variant, plan.cfg, plan.splits
     rcfg, hist = rehearsal_config(cfg), []
@@ -198,7 +191,6 @@ def rehearse_stages(study: Study, plan: Plan, meter, steps: int, after_stage1: b
     tracker = LocalTracker(meter, plan.work if plan.keep else None)
     out: dict = {"stage1_history": hist, "tracker": tracker, "steps": steps}
     ctx = TrialContext(study, None, tracker, "", plan.work, s, on_progress=lambda *_: None, max_steps=steps)
-    label_root = plan.work / "pseudo" / v
 
     def stage1_name(e: BaseException) -> str:
         phase = "frozen" if len(hist) < cfg.train.frozen_epochs else "trainable"
@@ -207,26 +199,52 @@ def rehearse_stages(study: Study, plan: Plan, meter, steps: int, after_stage1: b
 
     with stage(v, stage1_name), meter.span() as out["stage1"]:
         meta = checkpoint.make_meta(config_hash(cfg), v, cfg)
-        result = train_stage1(rcfg, s, on_epoch_end=lambda e, m: (meter.mark(), hist.append(m)),
-                              checkpoint_path=plan.work / f"{v}.ckpt", progress=False, checkpoint_meta=meta,
-                              max_steps=steps)  # fmt: skip
-    if not after_stage1:
-        return out
+        result = train_stage1(
+            rcfg,
+            s,
+            on_epoch_end=lambda e, m: (meter.mark(), hist.append(m)),
+            checkpoint_path=plan.work / f"{v}.ckpt",
+            progress=False,
+            checkpoint_meta=meta,
+            max_steps=steps,
+        )
+    if after_stage1:
+        _later_stages(study, plan, meter, ctx, rcfg, result, out)
+    return out
+
+
+def _later_stages(study: Study, plan: Plan, meter, ctx, rcfg, result, out: dict) -> None:
+    """Pseudo labels, their artifacts, stage-2 pseudo labels, stage 2 training and evaluation,
+    each measured into ``out``."""
+    from tkp_pcl.pseudo import make_pseudo_labels
+
+    from .pipeline import N_EXAMPLES, final_metrics, stage2_labels, train_and_score_stage2, write_artifacts
+
+    v, cfg, s, tracker = plan.variant, plan.cfg, plan.splits, out["tracker"]
+    label_root = plan.work / "pseudo" / v
     with stage(v, "pseudo labels"), meter.span() as out["pseudo"]:
-        pseudo = make_pseudo_labels(result.model, s.pseudo, cfg.pseudo, result.device, keep_examples=N_EXAMPLES,
-                                    out_dir=label_root if cfg.segment.enabled else None, progress=False)  # fmt: skip
+        pseudo = make_pseudo_labels(
+            result.model,
+            s.pseudo,
+            cfg.pseudo,
+            result.device,
+            keep_examples=N_EXAMPLES,
+            out_dir=label_root if cfg.segment.enabled else None,
+            progress=False,
+        )
     with stage(v, "artifacts"):
         _, table = final_metrics(pseudo.conf, pseudo.conf_crf, s.class_names)
         write_artifacts(tracker, v, cfg, study, pseudo, table, list(s.class_names))
     if not cfg.segment.enabled:
-        return out
+        return
     with stage(v, "stage-2 pseudo labels"), meter.span() as out["seg_labels"]:
         label_dir, _ = stage2_labels(ctx, rcfg, result, label_root)
     del result, pseudo
-    with stage(v, lambda e: "stage 2 evaluation" if out["stage2"].marks else "stage 2 training"), \
-            meter.span() as out["stage2"]:  # fmt: skip
+    with (
+        stage(v, lambda e: "stage 2 evaluation" if out["stage2"].marks else "stage 2 training"),
+        meter.span() as out["stage2"],
+    ):
         train_and_score_stage2(ctx, rcfg, v, label_dir)
-    return out
 
 
 def _stage1_rows(plan: Plan, out: dict, pseudo_fpi: float, monitored: bool) -> list[StageRow]:
@@ -237,7 +255,10 @@ def _stage1_rows(plan: Plan, out: dict, pseudo_fpi: float, monitored: bool) -> l
     n_mon = min(tc.monitor_images, 1, len(plan.splits.val)) if monitored else 0
     batch = min(tc.batch_size, len(plan.splits.train))
     rows = []
-    phases = [("frozen", range(tc.frozen_epochs), tc.frozen_epochs), ("trainable", range(tc.frozen_epochs, tc.frozen_epochs + 1), tc.epochs - tc.frozen_epochs)]  # fmt: skip
+    phases = [
+        ("frozen", range(tc.frozen_epochs), tc.frozen_epochs),
+        ("trainable", range(tc.frozen_epochs, tc.frozen_epochs + 1), tc.epochs - tc.frozen_epochs),
+    ]
     for phase, epochs, real_epochs in phases:
         if not epochs:
             continue
@@ -245,15 +266,36 @@ def _stage1_rows(plan: Plan, out: dict, pseudo_fpi: float, monitored: bool) -> l
         flops = sum(span.marks[e][1] - starts[e][1] - n_mon * pseudo_fpi for e in epochs)
         secs = sum(hist[e]["epoch_seconds"] for e in epochs)
         name = f"stage 1 ({phase})" if tc.frozen_epochs else "stage 1"
-        rows.append(StageRow(plan.variant, name, f"{math.ceil(imgs / batch)} step(s) of {batch}", secs / imgs,
-                             flops / imgs, span.rss, span.cuda, plan.counts.train * real_epochs * plan.runs))  # fmt: skip
+        rows.append(
+            StageRow(
+                plan.variant,
+                name,
+                f"{math.ceil(imgs / batch)} step(s) of {batch}",
+                secs / imgs,
+                flops / imgs,
+                span.rss,
+                span.cuda,
+                plan.counts.train * real_epochs * plan.runs,
+            )
+        )
     if n_mon:
         last = len(hist) - 1
         gap = span.marks[last][0] - starts[last][0] - hist[last]["epoch_seconds"]
         size = plan.cfg.pseudo.input_size or plan.cfg.model.img_size
         images = tc.epochs * min(tc.monitor_images, plan.counts.val) * plan.runs
-        rows.append(StageRow(plan.variant, "monitor", f"{n_mon} image at {size} px", gap / n_mon, pseudo_fpi, span.rss,
-                             span.cuda, images, "with the checkpoint"))  # fmt: skip
+        rows.append(
+            StageRow(
+                plan.variant,
+                "monitor",
+                f"{n_mon} image at {size} px",
+                gap / n_mon,
+                pseudo_fpi,
+                span.rss,
+                span.cuda,
+                images,
+                "with the checkpoint",
+            )
+        )
     return rows
 
 
@@ -263,17 +305,44 @@ def _pseudo_rows(plan: Plan, out: dict) -> list[StageRow]:
     cfg, span = plan.cfg, out["pseudo"]
     n, size = len(plan.splits.pseudo), cfg.pseudo.input_size or cfg.model.img_size
     crf = f" + CRF ({cfg.pseudo.workers} workers)" if cfg.pseudo.crf.enabled else ""
-    rows = [StageRow(plan.variant, "pseudo labels", f"{n} images at {size} px{crf}", span.seconds / n, span.flops / n,
-                     span.rss, span.cuda, plan.counts.pseudo * plan.runs)]  # fmt: skip
+    rows = [
+        StageRow(
+            plan.variant,
+            "pseudo labels",
+            f"{n} images at {size} px{crf}",
+            span.seconds / n,
+            span.flops / n,
+            span.rss,
+            span.cuda,
+            plan.counts.pseudo * plan.runs,
+        )
+    ]
     if cfg.segment.enabled:
         labels, todo = out["seg_labels"], len(set(plan.splits.seg_train.ids) - set(plan.splits.pseudo.ids))
         images = plan.counts.seg_todo * plan.runs
         if todo:
-            rows.append(StageRow(plan.variant, "stage-2 pseudo labels", f"{todo} images", labels.seconds / todo,
-                                 labels.flops / todo, labels.rss, labels.cuda, images))  # fmt: skip
+            rows.append(
+                StageRow(
+                    plan.variant,
+                    "stage-2 pseudo labels",
+                    f"{todo} images",
+                    labels.seconds / todo,
+                    labels.flops / todo,
+                    labels.rss,
+                    labels.cuda,
+                    images,
+                )
+            )
         else:
-            rows.append(replace(rows[0], stage="stage-2 pseudo labels", measured="none needed here", images=images,
-                                note="at the pseudo labels' rate"))  # fmt: skip
+            rows.append(
+                replace(
+                    rows[0],
+                    stage="stage-2 pseudo labels",
+                    measured="none needed here",
+                    images=images,
+                    note="at the pseudo labels' rate",
+                )
+            )
     return rows
 
 
@@ -289,12 +358,27 @@ def _stage2_rows(plan: Plan, out: dict, sampler) -> list[StageRow]:
     scales = ",".join(f"{x:g}" for x in seg.eval_scales) + (" + flip" if seg.eval_flip else "")
     t_end, nv = span.t0 + span.seconds, len(s.val)
     return [
-        StageRow(plan.variant, "stage 2 training", f"{steps} step(s) of {per_batch} at {crop} px",
-                 train_s / (steps * per_batch), f_mark / (steps * per_batch), sampler.peak(span.t0, t_mark), span.cuda,
-                 seg.epochs * plan.counts.seg_train * plan.runs),
-        StageRow(plan.variant, "stage 2 evaluation", f"{nv} images, scales {scales}", (t_end - t_mark) / nv,
-                 (span.flops - f_mark) / nv, sampler.peak(t_mark, t_end), span.cuda, plan.counts.val * plan.runs),
-    ]  # fmt: skip
+        StageRow(
+            plan.variant,
+            "stage 2 training",
+            f"{steps} step(s) of {per_batch} at {crop} px",
+            train_s / (steps * per_batch),
+            f_mark / (steps * per_batch),
+            sampler.peak(span.t0, t_mark),
+            span.cuda,
+            seg.epochs * plan.counts.seg_train * plan.runs,
+        ),
+        StageRow(
+            plan.variant,
+            "stage 2 evaluation",
+            f"{nv} images, scales {scales}",
+            (t_end - t_mark) / nv,
+            (span.flops - f_mark) / nv,
+            sampler.peak(t_mark, t_end),
+            span.cuda,
+            plan.counts.val * plan.runs,
+        ),
+    ]
 
 
 def variant_rows(plan: Plan, out: dict, sampler, earlier: tuple[list[StageRow], int] | None) -> list[StageRow]:
@@ -316,8 +400,10 @@ def variant_rows(plan: Plan, out: dict, sampler, earlier: tuple[list[StageRow], 
 
 def after_stage1_key(cfg: MethodConfig) -> str:
     """What the stages after stage 1 depend on: the model's shape, pseudo labels, stage 2."""
-    return json.dumps([cfg.model.model_dump(mode="json"), cfg.pseudo.model_dump(mode="json"),
-                       cfg.segment.model_dump(mode="json")], sort_keys=True)  # fmt: skip
+    return json.dumps(
+        [cfg.model.model_dump(mode="json"), cfg.pseudo.model_dump(mode="json"), cfg.segment.model_dump(mode="json")],
+        sort_keys=True,
+    )
 
 
 def rehearse(study: Study, path: str, opts: RehearsalOptions) -> tuple[list[StageRow], dict]:
@@ -327,8 +413,13 @@ def rehearse(study: Study, path: str, opts: RehearsalOptions) -> tuple[list[Stag
     from .measure import Meter, RssSampler, matmul_gflops
     from .startup import load_data
 
-    about = {"study": study.name, "images": opts.images, "steps": opts.steps, "machine": platform.node(),
-             "matmul_gflops_fp32": matmul_gflops()}  # fmt: skip
+    about = {
+        "study": study.name,
+        "images": opts.images,
+        "steps": opts.steps,
+        "machine": platform.node(),
+        "matmul_gflops_fp32": matmul_gflops(),
+    }
     with stage("the study", "data"):
         splits, _ = load_data(study, path)
         counts, small = Counts.of(splits), first_images(splits, opts.images)
@@ -371,8 +462,10 @@ def rehearse_command(study: Study, path: str, opts: RehearsalOptions) -> int:
         print(f"bench: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT if isinstance(e.error, input_error_types()) else EXIT_FAILED
     console = Console() if sys.stdout.isatty() else Console(width=170)
-    title = (f"rehearsal of {study.name}: {opts.images} images, {opts.steps} steps (this machine: "
-             f"{about['matmul_gflops_fp32']:.0f} GFLOP/s fp32 matmul)")  # fmt: skip
+    title = (
+        f"rehearsal of {study.name}: {opts.images} images, {opts.steps} steps (this machine: "
+        f"{about['matmul_gflops_fp32']:.0f} GFLOP/s fp32 matmul)"
+    )
     console.print(table(rows, opts.projection, title))
     out = opts.keep if opts.keep is not None else Path("reports") / study.name
     csv_path, json_path = write(rows, opts.projection, out, about)

@@ -39,8 +39,10 @@ from ..study.urls import scheme
 PENDING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED")
 RUNNING = ("RUNNING", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING")
 #: why a store file is refused for an array (optuna#815, #820, #5138)
-FILE_STORE_WHY = ("SQLite and journal files on a network filesystem corrupt or lock when several nodes write them; "
-                  "use PostgreSQL (or another database server)")  # fmt: skip
+FILE_STORE_WHY = (
+    "SQLite and journal files on a network filesystem corrupt or lock when several nodes write them; "
+    "use PostgreSQL (or another database server)"
+)
 SERVER_MLFLOW = ("http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 
 
@@ -87,15 +89,23 @@ def _key_values(items: list[str]) -> dict[str, str]:
 def slurm_request(study, workers: int, flags: dict[str, Any], slurm_items: list[str]) -> SlurmRequest:
     """The study's ``cluster:`` settings, overridden by the flags that were given."""
     c = study.cluster
-    pick = {k: flags.get(k) if flags.get(k) is not None else getattr(c, k) for k in
-            ("partition", "time", "mem", "cpus_per_worker", "gpus_per_worker")}  # fmt: skip
+    pick = {
+        k: flags.get(k) if flags.get(k) is not None else getattr(c, k)
+        for k in ("partition", "time", "mem", "cpus_per_worker", "gpus_per_worker")
+    }
     if workers < 1:
         raise SubmitError("--workers must be >= 1")
     if (pick["gpus_per_worker"] or 0) > 1:
         raise SubmitError("--gpus-per-worker > 1 (data-parallel ranks as Slurm tasks) is not supported yet; use 0 or 1")
-    return SlurmRequest(workers, pick["partition"], time_minutes(pick["time"]) if pick["time"] else None, pick["mem"],
-                        pick["cpus_per_worker"] or 1, pick["gpus_per_worker"] or 0,
-                        {**c.slurm, **_key_values(slurm_items)})  # fmt: skip
+    return SlurmRequest(
+        workers,
+        pick["partition"],
+        time_minutes(pick["time"]) if pick["time"] else None,
+        pick["mem"],
+        pick["cpus_per_worker"] or 1,
+        pick["gpus_per_worker"] or 0,
+        {**c.slurm, **_key_values(slurm_items)},
+    )
 
 
 def check_stores(storage_url: str, tracking_uri: str, local_ok: bool) -> None:
@@ -106,9 +116,11 @@ def check_stores(storage_url: str, tracking_uri: str, local_ok: bool) -> None:
         raise SubmitError(f"Optuna storage {storage_url}: {FILE_STORE_WHY}; --local-ok if every task runs on this node")
     s = (scheme(tracking_uri) or "file").split("+", 1)[0]
     if s not in SERVER_MLFLOW:
-        raise SubmitError(f"MLflow tracking URI {tracking_uri}: not a tracking server or database server ({FILE_STORE_WHY}, "
-                          "or an MLflow server: mlflow server --backend-store-uri postgresql://...); --local-ok if every "
-                          "task runs on this node")  # fmt: skip
+        raise SubmitError(
+            f"MLflow tracking URI {tracking_uri}: not a tracking server or database server ({FILE_STORE_WHY}, "
+            "or an MLflow server: mlflow server --backend-store-uri postgresql://...); --local-ok if every "
+            "task runs on this node"
+        )
 
 
 def check_request(storage_url: str, tracking_uri: str, local_ok: bool) -> None:
@@ -136,8 +148,13 @@ def executor(req: SlurmRequest, study_name: str):
     ex = submitit.SlurmExecutor(folder=log_folder(study_name))
     root = str(Path(bench.__file__).resolve().parent.parent)
     path = os.pathsep.join(dict.fromkeys([root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
-    params: dict[str, Any] = dict(job_name=f"bench-{study_name}", ntasks_per_node=1, cpus_per_task=req.cpus,
-                                  setup=[f"export PYTHONPATH={shlex.quote(path)}"], stderr_to_stdout=True)  # fmt: skip
+    params: dict[str, Any] = dict(
+        job_name=f"bench-{study_name}",
+        ntasks_per_node=1,
+        cpus_per_task=req.cpus,
+        setup=[f"export PYTHONPATH={shlex.quote(path)}"],
+        stderr_to_stdout=True,
+    )
     params.update({k: v for k, v in (("partition", req.partition), ("mem", req.mem)) if v})
     params["time"] = req.time_min  # None: the partition's default (submitit's own is 5 minutes)
     if req.gpus:
@@ -167,8 +184,20 @@ def preflight(ex, workers: int) -> None:
 
 def worker_command(study_path: str, storage_url: str, tracking_uri: str, threads: int) -> list[str]:
     """What each task runs: one ``bench worker`` on the study (the one worker loop)."""
-    return [sys.executable, "-m", "bench.cli", "worker", str(Path(study_path).resolve()), "--storage", storage_url,
-            "--tracking-uri", tracking_uri, "--threads", str(threads), "--quiet"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "bench.cli",
+        "worker",
+        str(Path(study_path).resolve()),
+        "--storage",
+        storage_url,
+        "--tracking-uri",
+        tracking_uri,
+        "--threads",
+        str(threads),
+        "--quiet",
+    ]
 
 
 def submit(h, ex, req: SlurmRequest, tracking_uri: str) -> dict[str, Any]:
@@ -183,8 +212,12 @@ def submit(h, ex, req: SlurmRequest, tracking_uri: str) -> dict[str, Any]:
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as e:
         raise SubmitError(f"Slurm refused the array: {_one_line(str(e))}") from None
     job_id = jobs[0].job_id.split("_", 1)[0]
-    info = {"job_id": job_id, "tasks": req.workers, "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "log_folder": str(ex.folder)}  # fmt: skip
+    info = {
+        "job_id": job_id,
+        "tasks": req.workers,
+        "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "log_folder": str(ex.folder),
+    }
     arrays = h.optuna_study.user_attrs.get(StudyAttr.SLURM_ARRAYS, [])
     h.optuna_study.set_user_attr(StudyAttr.SLURM_ARRAYS, [*arrays, info])
     return info

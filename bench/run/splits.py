@@ -42,7 +42,9 @@ def tune_indices(
     k = count if count is not None else max(1, round(fraction * n))
     key = "count" if count is not None else "fraction"
     if k >= n:
-        raise StudyError(f"search.tune.{key}: {k} tune images would leave none of the {n} pseudo-label images to report on")
+        raise StudyError(
+            f"search.tune.{key}: {k} tune images would leave none of the {n} pseudo-label images to report on"
+        )
     rank = sorted(range(n), key=lambda i: (hashlib.sha256(f"{seed}:{ids[i]}".encode()).digest(), i))
     tune = set(rank[:k])
     return sorted(tune), [i for i in range(n) if i not in tune]
@@ -70,14 +72,23 @@ def concat_splits(name: str, first: Split, second: Split) -> Split:
         return fa(j) if j < n else fb(j - n)
 
     return Split(
-        name, first.class_names, [*first.ids, *second.ids],
-        lambda j: pick(j, first.load_image, second.load_image), lambda j: pick(j, first.load_mask, second.load_mask),
-    )  # fmt: skip
+        name,
+        first.class_names,
+        [*first.ids, *second.ids],
+        lambda j: pick(j, first.load_image, second.load_image),
+        lambda j: pick(j, first.load_mask, second.load_mask),
+    )
 
 
 def _synthetic_kwargs(cfg: SyntheticDataConfig) -> dict[str, Any]:
-    return dict(seed=cfg.seed, size=cfg.size, max_objects=cfg.max_objects, min_size=cfg.min_size,
-                max_size=cfg.max_size, noise=cfg.noise)  # fmt: skip
+    return dict(
+        seed=cfg.seed,
+        size=cfg.size,
+        max_objects=cfg.max_objects,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        noise=cfg.noise,
+    )
 
 
 @dataclass

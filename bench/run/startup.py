@@ -51,7 +51,9 @@ def make_sampler(study: Study) -> optuna.samplers.BaseSampler:
     if s is None:
         return optuna.samplers.RandomSampler(seed=0)
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, constant_liar=True, n_startup_trials=min(10, max(2, s.n_trials // 3)))
+        return optuna.samplers.TPESampler(
+            seed=s.seed, constant_liar=True, n_startup_trials=min(10, max(2, s.n_trials // 3))
+        )
     if s.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=s.seed)
     return optuna.samplers.RandomSampler(seed=s.seed)

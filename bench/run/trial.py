@@ -25,9 +25,19 @@ from tkp_pcl.runtime import distributed
 from ..records import SPLIT_ROLES, Attr, Stage, Tag, grid_tag, seed_metric, split_size_tag, split_tag, stage_of
 from ..stores import StudyStoreError, TrackingStoreError, worker_identity
 from ..study import (
-    CategoricalParam, FloatParam, Job, StudyError, flatten, run_config, search_job, search_variant, stored_config,
-    trial_attrs, variant_config, with_seed,
-)  # fmt: skip
+    CategoricalParam,
+    FloatParam,
+    Job,
+    StudyError,
+    flatten,
+    run_config,
+    search_job,
+    search_variant,
+    stored_config,
+    trial_attrs,
+    variant_config,
+    with_seed,
+)
 from .pipeline import TrialContext, job_paths, train_and_score, write_artifacts
 
 
@@ -66,8 +76,16 @@ def claimed_job(ctx: TrialContext, trial: optuna.Trial) -> Job:
         raise StudyError(f"trial {trial.number} (job {key!r}) has no stored configuration")
     cfg = run_config(stored, listed.config if listed else _execution_source(study, variant))
     grid = json.loads(attrs.get(Attr.GRID) or "{}")
-    return Job(key, variant, int(attrs[Attr.SEED]), cfg, stage_of(key), grid,
-               attrs.get(Attr.CONFIRM_OF), attrs.get(Attr.CONFIRM_RANK))  # fmt: skip
+    return Job(
+        key,
+        variant,
+        int(attrs[Attr.SEED]),
+        cfg,
+        stage_of(key),
+        grid,
+        attrs.get(Attr.CONFIRM_OF),
+        attrs.get(Attr.CONFIRM_RANK),
+    )
 
 
 #: where a run ran under Slurm: each tag and the variables Slurm sets for it (the first set wins)
@@ -96,9 +114,19 @@ def where_tags(env: Mapping[str, str] = os.environ) -> dict[str, str]:
 def run_tags(ctx: TrialContext, trial: optuna.Trial, job: Job) -> dict[str, Any]:
     """The tags a trial's run opens with: what it is (variant, seed, job, stage, grid point,
     confirmed trial) and where it runs (:func:`where_tags`)."""
-    tags = {**where_tags(), Tag.VARIANT: job.variant, Tag.SEED: job.seed, Tag.TRIAL: trial.number, Tag.JOB_KEY: job.key,
-            Tag.CONFIG_HASH: job.config_hash, Tag.DEVICE: job.config.train.device, Tag.OPTUNA_STUDY: ctx.study.name,
-            Tag.WORLD_SIZE: distributed()[2], **{grid_tag(k): v for k, v in job.grid.items()}, Tag.STAGE: job.stage}  # fmt: skip
+    tags = {
+        **where_tags(),
+        Tag.VARIANT: job.variant,
+        Tag.SEED: job.seed,
+        Tag.TRIAL: trial.number,
+        Tag.JOB_KEY: job.key,
+        Tag.CONFIG_HASH: job.config_hash,
+        Tag.DEVICE: job.config.train.device,
+        Tag.OPTUNA_STUDY: ctx.study.name,
+        Tag.WORLD_SIZE: distributed()[2],
+        **{grid_tag(k): v for k, v in job.grid.items()},
+        Tag.STAGE: job.stage,
+    }
     if job.confirm_of is not None:
         tags.update({Tag.CONFIRM_OF: job.confirm_of, Tag.CONFIRM_RANK: job.rank})
     return tags
@@ -133,13 +161,15 @@ class TrialLifecycle:
         self.state: TrialState | None = None
         self.run_id = ""
 
-    def __enter__(self) -> "TrialLifecycle":
+    def __enter__(self) -> TrialLifecycle:
         ctx, job, trial = self.ctx, self.job, self.trial
         for k, v in worker_identity().items():
             trial.set_user_attr(k, v)
         try:
             name = job.key.replace("|", " ")
-            self.run_id = ctx.tracker.start_trial(ctx.parent_run_id, name, run_tags(ctx, trial, job), run_params(ctx, job))
+            self.run_id = ctx.tracker.start_trial(
+                ctx.parent_run_id, name, run_tags(ctx, trial, job), run_params(ctx, job)
+            )
         except BaseException as e:
             self.__exit__(type(e), e, None)
             raise
@@ -162,8 +192,14 @@ class TrialLifecycle:
         if e is None:
             self._tell(TrialState.COMPLETE, self.value)
             if self.state != TrialState.COMPLETE:  # lost the race with a sweep: the result is not counted
-                tracker.set_tags(run, {Tag.STATE: self.state.name, Tag.ERROR: "closed by another process "
-                                       "as dead before it finished (heartbeat missed); the next run retries it"})  # fmt: skip
+                tracker.set_tags(
+                    run,
+                    {
+                        Tag.STATE: self.state.name,
+                        Tag.ERROR: "closed by another process "
+                        "as dead before it finished (heartbeat missed); the next run retries it",
+                    },
+                )
             tracker.end(run, "FINISHED" if self.state == TrialState.COMPLETE else "FAILED")
             return False
         if isinstance(e, StudyStoreError):  # Optuna's storage cannot be written: end the run, tell nothing
@@ -270,7 +306,9 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
         write_artifacts(ctx.tracker, life.run_id, first[0], study, first[2], first[1], list(tctx.splits.class_names))
         life.value = metrics.get(prefix + objective)
         if life.value is None or life.value != life.value:
-            raise ValueError(f"objective metric {objective!r} is missing or NaN; have: {', '.join(sorted(per_seed[seeds[0]]))}")
+            raise ValueError(
+                f"objective metric {objective!r} is missing or NaN; have: {', '.join(sorted(per_seed[seeds[0]]))}"
+            )
     if life.state in (TrialState.COMPLETE, TrialState.PRUNED):
         for ckpt, label_root in paths:
             ckpt.unlink(missing_ok=True)

@@ -33,8 +33,9 @@ def work(h, on_progress=None, on_trial_end=None, before_stage1: Callable | None 
     """A worker: claim and run trials until none is left. Returns the states it produced.
     ``before_stage1(config, checkpoint)``: called before each stage-1 training (DDP's rank 0
     tells the other ranks what to train)."""
-    ctx = TrialContext(h.study, h.optuna_study, h.tracker, h.tracker.open(), h.workdir, h.splits, h.tune,
-                       on_progress, before_stage1)  # fmt: skip
+    ctx = TrialContext(
+        h.study, h.optuna_study, h.tracker, h.tracker.open(), h.workdir, h.splits, h.tune, on_progress, before_stage1
+    )
     produced: Counter = Counter()
     while True:
         raise_if_stopping()
@@ -69,9 +70,13 @@ def wait_for_others(h, poll: float = 2.0) -> None:
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
-    )  # fmt: skip
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=Console(stderr=True),
+    )
 
 
 def run_in_process(h) -> Counter:
@@ -96,10 +101,24 @@ def _spawn(h, study_path: str, tracking_uri: str, n: int) -> list[subprocess.Pop
     threads = max(1, (os.cpu_count() or 1) // n)
     procs = []
     for i in range(n):
-        cmd = [sys.executable, "-m", "bench.cli", "worker", study_path, "--storage", h.storage_url,
-               "--tracking-uri", tracking_uri, "--threads", str(threads), "--quiet"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "worker",
+            study_path,
+            "--storage",
+            h.storage_url,
+            "--tracking-uri",
+            tracking_uri,
+            "--threads",
+            str(threads),
+            "--quiet",
+        ]
         with open(h.workdir / f"worker-{i}.log", "w") as log, signals_held():
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env()))
+            procs.append(
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env())
+            )
     return procs
 
 
@@ -115,7 +134,9 @@ def run_workers(h, study_path: str, tracking_uri: str, n: int) -> None:
             while any(p.poll() is None for p in procs):
                 raise_if_stopping()
                 running = h.trials(states=(TrialState.RUNNING,))
-                info = ", ".join(f"{t.user_attrs.get(Attr.JOB_KEY, t.number)} ep {t.user_attrs.get(Attr.EPOCH, 0)}" for t in running)
+                info = ", ".join(
+                    f"{t.user_attrs.get(Attr.JOB_KEY, t.number)} ep {t.user_attrs.get(Attr.EPOCH, 0)}" for t in running
+                )
                 prog.update(task, completed=queue.done(h), info=info[:120])
                 time.sleep(1.0)
             prog.update(task, completed=queue.done(h), info="")

@@ -13,12 +13,23 @@ import importlib
 _HOME = {
     "file_lock": "file_lock",
     **dict.fromkeys(
-        ("DEFAULT_TRACKING_URI", "Tracker", "quiet_mlflow_logs", "resolve_tracking_uri", "store_exists"),
-        "mlflow_store"),  # fmt: skip
+        ("DEFAULT_TRACKING_URI", "Tracker", "quiet_mlflow_logs", "resolve_tracking_uri", "store_exists"), "mlflow_store"
+    ),
     **dict.fromkeys(("StoreError", "StudyStoreError", "TrackingStoreError"), "errors"),
     **dict.fromkeys(
-        ("DEFAULT_STORAGE", "claim_waiting_trial", "fail_dead_trials", "heartbeat", "open_storage",
-         "resolve_storage_url", "storage_exists", "study_lock", "worker_identity"), "optuna_store"),  # fmt: skip
+        (
+            "DEFAULT_STORAGE",
+            "claim_waiting_trial",
+            "fail_dead_trials",
+            "heartbeat",
+            "open_storage",
+            "resolve_storage_url",
+            "storage_exists",
+            "study_lock",
+            "worker_identity",
+        ),
+        "optuna_store",
+    ),
 }
 __all__ = sorted(_HOME)
 

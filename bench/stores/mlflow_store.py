@@ -22,6 +22,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+
 from ..records import ROLE_STUDY, ROLE_TRIAL, Tag
 from ..signals import Interrupted, stop_requested
 from .errors import TrackingStoreError
@@ -123,7 +124,11 @@ def _schema_problem(db: Path) -> tuple[str, int] | None:
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
-            version = con.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+            version = (
+                con.execute("SELECT version_num FROM alembic_version").fetchone()
+                if "alembic_version" in tables
+                else None
+            )
         finally:
             con.close()
     except sqlite3.DatabaseError:
@@ -163,16 +168,22 @@ def prepare_sqlite_store(uri: str) -> None:
             return
         problem, runs = found
         if runs:
-            raise TrackingStoreError(uri, f"the store {problem} and holds {runs} run(s), so it is left as it is: "
-                                     f"upgrade it (`mlflow db upgrade {uri}`) or move it aside", exit_code=2)  # fmt: skip
+            raise TrackingStoreError(
+                uri,
+                f"the store {problem} and holds {runs} run(s), so it is left as it is: "
+                f"upgrade it (`mlflow db upgrade {uri}`) or move it aside",
+                exit_code=2,
+            )
         aside = _aside(db, "half-created")
         os.replace(db, aside)
         for extra in ("-journal", "-wal", "-shm"):
             side = db.with_name(db.name + extra)
             if side.exists():
                 os.replace(side, aside.with_name(aside.name + extra))
-        print(f"bench: warning: MLflow store {db} {problem} and holds no runs; moved it to {aside} and created it again",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"bench: warning: MLflow store {db} {problem} and holds no runs; moved it to {aside} and created it again",
+            file=sys.stderr,
+        )
     db.parent.mkdir(parents=True, exist_ok=True)
     tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{time.monotonic_ns()}")
     try:
@@ -215,8 +226,10 @@ def source_tags() -> dict[str, str]:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         if commit:
             tags[MLFLOW_GIT_COMMIT] = commit
             tags[Tag.GIT_DIRTY] = str(bool(dirty)).lower()
@@ -296,9 +309,11 @@ class Tracker:
 
     def _parent_runs(self) -> list:
         return self.client.search_runs(
-            [self._experiment_id], filter_string=f"tags.`{Tag.ROLE}` = '{ROLE_STUDY}'", max_results=10,
+            [self._experiment_id],
+            filter_string=f"tags.`{Tag.ROLE}` = '{ROLE_STUDY}'",
+            max_results=10,
             order_by=["attributes.start_time ASC"],
-        )  # fmt: skip
+        )
 
     def parent_run(self, create: bool = True) -> str | None:
         """The study's one parent run id, created (RUNNING) if missing and ``create``. Called
@@ -323,8 +338,13 @@ class Tracker:
 
     @_store_call
     def start_trial(self, parent_id: str, run_name: str, tags: dict[str, Any], params: dict[str, Any]) -> str:
-        all_tags = {MLFLOW_PARENT_RUN_ID: parent_id, Tag.ROLE: ROLE_TRIAL, Tag.STUDY: self.study_name,
-                    **source_tags(), **{k: str(v) for k, v in tags.items()}}  # fmt: skip
+        all_tags = {
+            MLFLOW_PARENT_RUN_ID: parent_id,
+            Tag.ROLE: ROLE_TRIAL,
+            Tag.STUDY: self.study_name,
+            **source_tags(),
+            **{k: str(v) for k, v in tags.items()},
+        }
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=run_name)
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
@@ -366,9 +386,11 @@ class Tracker:
         token = None
         while True:
             page = self.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}' and attributes.status = 'FINISHED'",
-                max_results=1000, page_token=token,
-            )  # fmt: skip
+                [self.experiment_id],
+                filter_string=f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}' and attributes.status = 'FINISHED'",
+                max_results=1000,
+                page_token=token,
+            )
             keys.update(r.data.tags[Tag.JOB_KEY] for r in page if Tag.JOB_KEY in r.data.tags)
             token = page.token
             if not token:

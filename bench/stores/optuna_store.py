@@ -121,9 +121,11 @@ class SafeJournalFileBackend(JournalFileBackend):
         return StudyStoreError(self._file_path, detail, exit_code)
 
     def _gone(self) -> StudyStoreError:
-        return self._error("the file was deleted or replaced while this process was using it, so this process "
-                           "stopped; restore the journal (or start the study again in a fresh folder) and run "
-                           "`bench run` again")  # fmt: skip
+        return self._error(
+            "the file was deleted or replaced while this process was using it, so this process "
+            "stopped; restore the journal (or start the study again in a fresh folder) and run "
+            "`bench run` again"
+        )
 
     def _check_identity(self, st: os.stat_result | None = None) -> None:
         if st is None:
@@ -154,7 +156,9 @@ class SafeJournalFileBackend(JournalFileBackend):
                 if not isinstance(record, dict) or "op_code" not in record:
                     raise self._error(
                         f"line {number + 1} is not a journal record (the file was damaged); restore the journal "
-                        "from a backup, or move it aside to start the study again", EXIT_BAD_INPUT)  # fmt: skip
+                        "from a backup, or move it aside to start the study again",
+                        EXIT_BAD_INPUT,
+                    )
                 pos += len(line)
                 self._log_number_offset[number + 1] = pos
                 if number >= log_number_from:
@@ -167,7 +171,9 @@ class SafeJournalFileBackend(JournalFileBackend):
                 self._check_identity()
                 self._repair_tail()
                 try:
-                    fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND)  # no O_CREAT: never re-create a deleted journal
+                    fd = os.open(
+                        self._file_path, os.O_WRONLY | os.O_APPEND
+                    )  # no O_CREAT: never re-create a deleted journal
                 except FileNotFoundError:
                     raise self._gone() from None
                 try:
@@ -177,8 +183,10 @@ class SafeJournalFileBackend(JournalFileBackend):
                 finally:
                     os.close(fd)
         except OSError as e:  # the lock or the repair could not be written
-            raise self._error(f"writing failed ({os_error_text(e)}); free space (or fix the file system) and run "
-                              "the same command again") from e  # fmt: skip
+            raise self._error(
+                f"writing failed ({os_error_text(e)}); free space (or fix the file system) and run "
+                "the same command again"
+            ) from e
 
     def _write_whole(self, fd: int, data: bytes, size_before: int) -> None:
         try:
@@ -193,8 +201,10 @@ class SafeJournalFileBackend(JournalFileBackend):
                 state = "the journal was rolled back to its last whole record"
             except OSError as e2:
                 state = f"rolling the journal back failed too ({os_error_text(e2)}); its cut record is moved aside next time"
-            raise self._error(f"writing failed ({os_error_text(e)}); {state}; free space (or fix the file system) "
-                              "and run the same command again") from e  # fmt: skip
+            raise self._error(
+                f"writing failed ({os_error_text(e)}); {state}; free space (or fix the file system) "
+                "and run the same command again"
+            ) from e
 
     def _repair_tail(self) -> None:
         """Move the bytes after the last newline aside and cut them off (called under the lock)."""
@@ -222,9 +232,11 @@ class SafeJournalFileBackend(JournalFileBackend):
             f.truncate(end)
             f.flush()
             os.fsync(f.fileno())
-        print(f"bench: warning: Optuna journal {self._file_path} ended in a record cut short ({len(torn)} bytes: "
-              f"a write interrupted by a crash or a full disk, or a copy cut short); moved them to {aside}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"bench: warning: Optuna journal {self._file_path} ended in a record cut short ({len(torn)} bytes: "
+            f"a write interrupted by a crash or a full disk, or a copy cut short); moved them to {aside}",
+            file=sys.stderr,
+        )
 
 
 class StaleTrials:
@@ -242,8 +254,9 @@ def rdb_with_heartbeat(url: str, interval: int, grace: int, **kw) -> RDBStorage:
     """An RDB storage whose trials are failed ``grace`` seconds after their last heartbeat."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
-                          heartbeat_stale_trial_callback=StaleTrials(), **kw)  # fmt: skip
+        return RDBStorage(
+            url, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=StaleTrials(), **kw
+        )
 
 
 @contextmanager
@@ -289,8 +302,11 @@ def process_start_time(pid: int) -> str | None:
 def worker_identity() -> dict[str, str]:
     """Host, pid and the pid's start time, in the order they are to be written (start last)."""
     pid = os.getpid()
-    return {Attr.WORKER_HOST: socket.gethostname(), Attr.WORKER_PID: str(pid),
-            Attr.WORKER_START: process_start_time(pid) or ""}  # fmt: skip
+    return {
+        Attr.WORKER_HOST: socket.gethostname(),
+        Attr.WORKER_PID: str(pid),
+        Attr.WORKER_START: process_start_time(pid) or "",
+    }
 
 
 def is_mine(trial: optuna.trial.FrozenTrial) -> bool:

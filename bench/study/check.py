@@ -69,7 +69,9 @@ def expected_config(study, jobs: dict[str, Any], t) -> MethodConfig | None:
         raise StudyError(f"confirm: missing here, but the study's trial {t.number} is a confirmation run")
     if key not in jobs:
         if stage == Stage.CONFIRM:
-            raise StudyError(f"confirm: the study's trial {t.number} ran {key!r}, which this file's confirm: block does not define")
+            raise StudyError(
+                f"confirm: the study's trial {t.number} ran {key!r}, which this file's confirm: block does not define"
+            )
         where = f"variants.{variant}" if variant not in study.variants else "grid"
         raise StudyError(f"{where}: the study's trial {t.number} ran job {key!r}, which this file does not define")
     return jobs[key].config
@@ -81,7 +83,9 @@ def _expected_jobs(study, trials: list) -> dict[str, Any]:
     jobs: dict[str, Any] = {j.key: j for j in study_jobs(study)}
     if study.confirm is None or not any(stage_of(t.user_attrs.get(Attr.JOB_KEY)) == Stage.CONFIRM for t in trials):
         return jobs
-    searched = [t for t in trials if stage_of(t.user_attrs.get(Attr.JOB_KEY)) == Stage.SEARCH and t.state.name == "COMPLETE"]
+    searched = [
+        t for t in trials if stage_of(t.user_attrs.get(Attr.JOB_KEY)) == Stage.SEARCH and t.state.name == "COMPLETE"
+    ]
     for t in searched:
         _search_expected(study, t)
     jobs.update({j.key: j for j in confirmation_jobs(study, searched)})

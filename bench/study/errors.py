@@ -11,7 +11,11 @@ def input_error_types() -> tuple[type[Exception], ...]:
     import sys
 
     found: list[type[Exception]] = [StudyError]
-    for module, name in (("tkp_pcl.data", "DataError"), ("tkp_pcl.model.weights", "WeightsError"), ("bench.report", "ReportError")):
+    for module, name in (
+        ("tkp_pcl.data", "DataError"),
+        ("tkp_pcl.model.weights", "WeightsError"),
+        ("bench.report", "ReportError"),
+    ):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None:
             found.append(cls)

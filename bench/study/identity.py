@@ -70,9 +70,14 @@ def trial_attrs(job, study) -> dict[str, Any]:
     """The Optuna user attributes a job is stored with: its key, variant and seed, its resolved
     configuration and hash, the study's data section, and what its stage needs (a grid job's
     point; a confirmation's stage and confirmed trial; a search trial's tune split and seeds)."""
-    attrs = {Attr.JOB_KEY: job.key, Attr.VARIANT: job.variant, Attr.SEED: job.seed,
-             Attr.CONFIG: job.config.model_dump_json(), Attr.CONFIG_HASH: job.config_hash,
-             Attr.DATA: data_json(study)}  # fmt: skip
+    attrs = {
+        Attr.JOB_KEY: job.key,
+        Attr.VARIANT: job.variant,
+        Attr.SEED: job.seed,
+        Attr.CONFIG: job.config.model_dump_json(),
+        Attr.CONFIG_HASH: job.config_hash,
+        Attr.DATA: data_json(study),
+    }
     if job.stage == "grid":
         attrs[Attr.GRID] = json.dumps(job.grid)
     elif job.stage == "confirm":

@@ -118,4 +118,3 @@ def confirm_total(study) -> int:
     """How many confirmation runs a study asks for (top_n x seeds + baseline x seeds)."""
     c = study.confirm
     return 0 if c is None else (c.top_n + 1) * len(c.seeds)
-

@@ -33,10 +33,13 @@ def search_rows(study) -> list[tuple[str, object]]:
     confirmation stage that follows the search."""
     s = study.search
     rows: list[tuple[str, object]] = [
-        ("variant", s.variant or next(iter(study.variants))), ("sampler", s.sampler), ("pruner", s.pruner),
-        ("objective", f"{s.direction} {s.metric}"), ("n_trials", s.n_trials),
+        ("variant", s.variant or next(iter(study.variants))),
+        ("sampler", s.sampler),
+        ("pruner", s.pruner),
+        ("objective", f"{s.direction} {s.metric}"),
+        ("n_trials", s.n_trials),
         *((f"space.{p}", spec.model_dump()) for p, spec in s.space.items()),
-    ]  # fmt: skip
+    ]
     return rows + protocol_rows(study)
 
 
@@ -60,8 +63,11 @@ def protocol_rows(study) -> list[tuple[str, str]]:
     if c is not None:
         top = f"{search_variant(study)}-top1..top{c.top_n}" if c.top_n > 1 else f"{search_variant(study)}-top1"
         rows += [
-            ("then: confirm", f"{confirm_total(study)} runs after the search: {top} and {c.baseline} x seeds "
-                              f"{', '.join(map(str, c.seeds))}, scored on the report split"),  # fmt: skip
+            (
+                "then: confirm",
+                f"{confirm_total(study)} runs after the search: {top} and {c.baseline} x seeds "
+                f"{', '.join(map(str, c.seeds))}, scored on the report split",
+            ),
             ("confirm keys", f"confirm|top<r>|trial=<n>|seed=<s>, confirm|{c.baseline}|seed=<s>"),
         ]
     return rows

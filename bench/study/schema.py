@@ -42,7 +42,7 @@ class _RangeParam(_Strict):
     log: bool = False
 
     @model_validator(mode="after")
-    def _order(self) -> "_RangeParam":
+    def _order(self) -> _RangeParam:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be < high ({self.high})")
         if self.log and self.low <= 0:
@@ -79,7 +79,7 @@ class TuneConfig(_Strict):
     split: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
-    def _one(self) -> "TuneConfig":
+    def _one(self) -> TuneConfig:
         given = [k for k in ("fraction", "count", "split") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of fraction, count, split (got {', '.join(given) or 'none'})")
@@ -96,7 +96,7 @@ class ConfirmConfig(_Strict):
     baseline: str
 
 
-def _check_protocol(study: "Study") -> None:
+def _check_protocol(study: Study) -> None:
     """Cross-field rules of ``search.tune``, ``search.seeds`` and ``confirm``."""
     s, c = study.search, study.confirm
     if c is not None:
@@ -105,11 +105,15 @@ def _check_protocol(study: "Study") -> None:
         if s.tune is None:
             raise StudyError("confirm: needs search.tune (the images the search scores, kept out of the report)")
         if c.baseline not in study.variants:
-            raise StudyError(f"confirm.baseline: {quote(c.baseline)} is not a variant; variants: {', '.join(study.variants)}")
+            raise StudyError(
+                f"confirm.baseline: {quote(c.baseline)} is not a variant; variants: {', '.join(study.variants)}"
+            )
         clash = [f"{search_variant(study)}-top{r}" for r in range(1, c.top_n + 1)]
         clash = [label for label in clash if label in study.variants]
         if clash:
-            raise StudyError(f"variants.{clash[0]}: the name is taken by a confirmed configuration of confirm.top_n; rename it")
+            raise StudyError(
+                f"variants.{clash[0]}: the name is taken by a confirmed configuration of confirm.top_n; rename it"
+            )
     t = s.tune if s is not None else None
     if t is None:
         return
@@ -145,7 +149,7 @@ class SearchConfig(_Strict):
     _seeds_unique = field_validator("seeds")(_unique_seeds)
 
     @model_validator(mode="after")
-    def _default_seeds(self) -> "SearchConfig":
+    def _default_seeds(self) -> SearchConfig:
         if self.seeds is None:
             self.seeds = [self.seed]
         return self
@@ -302,8 +306,6 @@ def _check_search(study: Study) -> None:
             validate_method(merge(base, {path: probe}, "search.space"), "search.space")
         if path not in flatten(MethodConfig().model_dump()):
             raise StudyError(f"search.space.{path}: not a configuration value")
-
-
 
 
 def check_data_root(path: str, study: Study) -> None:

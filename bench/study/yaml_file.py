@@ -68,14 +68,18 @@ class _BoundedLoader(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             if event.anchor in self._open_anchors:
-                raise _LimitError(f"alias *{event.anchor} inside the node &{event.anchor} it names (a recursive value)", event.start_mark)
+                raise _LimitError(
+                    f"alias *{event.anchor} inside the node &{event.anchor} it names (a recursive value)",
+                    event.start_mark,
+                )
             node = super().compose_node(parent, index)
             self._alias_nodes += _size(node, self._sizes)
             if self._alias_nodes > MAX_ALIAS_NODES:
                 raise _LimitError(
                     f"alias *{event.anchor}: aliases expand to more than {MAX_ALIAS_NODES:,} values "
-                    "(nested anchors and aliases, a 'billion laughs'); write the values out", event.start_mark,
-                )  # fmt: skip
+                    "(nested anchors and aliases, a 'billion laughs'); write the values out",
+                    event.start_mark,
+                )
             return node
         if len(self._open_anchors) >= MAX_DEPTH:
             raise _LimitError(f"nested deeper than {MAX_DEPTH} levels (a study nests a few)", event.start_mark)

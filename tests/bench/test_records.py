@@ -30,8 +30,12 @@ def _sources():
 def _docstrings(tree: ast.AST) -> set[int]:
     kinds = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     return {
-        id(n.body[0].value) for n in ast.walk(tree)
-        if isinstance(n, kinds) and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, kinds)
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
     }
 
 

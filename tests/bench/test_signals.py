@@ -17,8 +17,9 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def python(code: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -7,16 +7,18 @@ import time
 
 import optuna
 import pytest
+from helpers import child_runs, write_study
 
 from bench.cli import main
-from helpers import child_runs, write_study
 
 pytestmark = pytest.mark.slow
 URI = "sqlite:///mlflow.db"
 
 
 def bench(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_smoke_run_logs_everything_and_rerun_adds_nothing(tmp_path, monkeypatch):
@@ -28,8 +30,17 @@ def test_smoke_run_logs_everything_and_rerun_adds_nothing(tmp_path, monkeypatch)
     assert len(children) == 2 and set(children["status"]) == {"FINISHED"}
     assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0]["run_id"]}
     assert set(children["tags.bench.variant"]) == {"vit-pcm", "tkp-pcl"}
-    for col in ("pseudo_miou", "pseudo_miou_crf", "iou_background", "iou_crf_disc-red", "loss", "monitor_pseudo_miou",
-                "seg_miou", "seg_iou_background", "seg_loss"):
+    for col in (
+        "pseudo_miou",
+        "pseudo_miou_crf",
+        "iou_background",
+        "iou_crf_disc-red",
+        "loss",
+        "monitor_pseudo_miou",
+        "seg_miou",
+        "seg_iou_background",
+        "seg_loss",
+    ):
         assert children[f"metrics.{col}"].notna().all(), col
     assert ((children["metrics.pseudo_miou"] > 0) & (children["metrics.pseudo_miou"] <= 1)).all()
     row = children[children["tags.bench.variant"] == "vit-pcm"].iloc[0]
@@ -43,12 +54,23 @@ def test_smoke_run_logs_everything_and_rerun_adds_nothing(tmp_path, monkeypatch)
     rid = row["run_id"]
     assert [m.step for m in client.get_metric_history(rid, "monitor_pseudo_miou")] == [0, 1]
     arts = {a.path for a in client.list_artifacts(rid)}
-    assert {"config.yaml", "confusion_matrix.csv", "overlay.png", "examples.npz", "per_class_iou.json",
-            "seg_overlay.png", "confusion_matrix_seg.csv"} <= arts
-    assert not (tmp_path / ".bench" / "smoke" / "pseudo").exists() or not any((tmp_path / ".bench/smoke/pseudo").iterdir())
+    assert {
+        "config.yaml",
+        "confusion_matrix.csv",
+        "overlay.png",
+        "examples.npz",
+        "per_class_iou.json",
+        "seg_overlay.png",
+        "confusion_matrix_seg.csv",
+    } <= arts
+    assert not (tmp_path / ".bench" / "smoke" / "pseudo").exists() or not any(
+        (tmp_path / ".bench/smoke/pseudo").iterdir()
+    )
 
-    st = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(".bench/optuna.journal")))  # fmt: skip
+    st = optuna.load_study(
+        study_name="smoke",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(".bench/optuna.journal")),
+    )
     assert [t.state.name for t in st.trials] == ["COMPLETE", "COMPLETE"]
     assert len(st.trials[0].intermediate_values) == 2
 
@@ -84,8 +106,12 @@ def test_nan_trial_fails_alone_and_is_retried_on_rerun(tmp_path, monkeypatch):
 
 def test_kill_9_mid_study_then_rerun_completes_nothing_lost_or_doubled(tmp_path, monkeypatch):
     study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 6})
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(study)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(study)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     journal = tmp_path / ".bench" / "optuna.journal"
     deadline = time.time() + 120
     epoch = 0
@@ -93,8 +119,10 @@ def test_kill_9_mid_study_then_rerun_completes_nothing_lost_or_doubled(tmp_path,
         time.sleep(0.5)
         if journal.exists():
             try:
-                st = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
-                    optuna.storages.journal.JournalFileBackend(str(journal))))  # fmt: skip
+                st = optuna.load_study(
+                    study_name="smoke",
+                    storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))),
+                )
             except KeyError:
                 continue
             running = st.get_trials(states=(optuna.trial.TrialState.RUNNING,))
@@ -127,8 +155,10 @@ def test_two_workers_run_every_trial_exactly_once(tmp_path, monkeypatch):
     assert sorted(children["tags.bench.job_key"]) == sorted(
         f"{v}|seed={s}" for v in ("vit-pcm", "tkp-pcl") for s in range(3)
     )
-    st = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(".bench/optuna.journal")))  # fmt: skip
+    st = optuna.load_study(
+        study_name="smoke",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(".bench/optuna.journal")),
+    )
     assert len({t.user_attrs["worker_pid"] for t in st.trials}) == 2  # both workers ran trials
     logs = [(tmp_path / f".bench/smoke/worker-{i}.log").read_text() for i in range(2)]
     assert all("Traceback" not in log for log in logs), logs
@@ -139,15 +169,24 @@ def test_two_workers_run_every_trial_exactly_once(tmp_path, monkeypatch):
 def test_search_study_samples_prunes_and_logs_pruned_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     search = {
-        "variant": "tkp-pcl", "sampler": "random", "n_trials": 5, "pruner": "median",
-        "pruner_warmup_epochs": 0, "pruner_startup_trials": 1, "seed": 3,
-        "space": {"train.lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
-                  "pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5}},
-    }  # fmt: skip
+        "variant": "tkp-pcl",
+        "sampler": "random",
+        "n_trials": 5,
+        "pruner": "median",
+        "pruner_warmup_epochs": 0,
+        "pruner_startup_trials": 1,
+        "seed": 3,
+        "space": {
+            "train.lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
+            "pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5},
+        },
+    }
     study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 3}, search=search)
     assert main(["run", str(study)]) == 0
-    st = optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(".bench/optuna.journal")))  # fmt: skip
+    st = optuna.load_study(
+        study_name="smoke",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(".bench/optuna.journal")),
+    )
     states = [t.state.name for t in st.trials]
     assert len(states) == 5 and set(states) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states, states
     children, _ = child_runs(URI, "smoke")

@@ -11,17 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, SMOKE, child_runs, write_study
 from PIL import Image
 
 from bench.cli import main
-from helpers import ROOT, SMOKE, child_runs, write_study
 from tkp_pcl.config import CocoDataConfig
 from tkp_pcl.data import COCO_CLASSES, DataError, load_splits
 from tkp_pcl.data.coco_convert import write_coco_masks
 
-CATEGORIES = [{"id": 1, "name": "person", "supercategory": "person"},
-              {"id": 18, "name": "dog", "supercategory": "animal"},
-              {"id": 90, "name": "toothbrush", "supercategory": "indoor"}]  # fmt: skip
+CATEGORIES = [
+    {"id": 1, "name": "person", "supercategory": "person"},
+    {"id": 18, "name": "dog", "supercategory": "animal"},
+    {"id": 90, "name": "toothbrush", "supercategory": "indoor"},
+]
 PERSON, DOG, TOOTHBRUSH = 1, 17, 80  # 1 + position of the id in COCO's 80 ids
 
 
@@ -52,11 +54,20 @@ def write_coco(root: Path, split: str, images: list[tuple[int, int, int, list]])
                 img[shape] = colours[cat]
                 seg, crowd, bbox = {"counts": rle_counts(shape), "size": [h, w]}, 1, [0, 0, w, h]
             else:
-                (x0, y0, x1, _, _, y1, *_), = shape
+                ((x0, y0, x1, _, _, y1, *_),) = shape
                 img[int(y0) : int(y1), int(x0) : int(x1)] = colours[cat]
                 seg, crowd, bbox = shape, 0, [x0, y0, x1 - x0, y1 - y0]
-            js["annotations"].append({"id": len(js["annotations"]) + 1, "image_id": img_id, "category_id": cat,
-                                      "segmentation": seg, "iscrowd": crowd, "bbox": bbox, "area": 1.0})  # fmt: skip
+            js["annotations"].append(
+                {
+                    "id": len(js["annotations"]) + 1,
+                    "image_id": img_id,
+                    "category_id": cat,
+                    "segmentation": seg,
+                    "iscrowd": crowd,
+                    "bbox": bbox,
+                    "area": 1.0,
+                }
+            )
         Image.fromarray(img).save(root / split / name, quality=95)
         js["images"].append({"id": img_id, "file_name": name, "width": w, "height": h})
     (root / "annotations").mkdir(exist_ok=True)
@@ -72,18 +83,31 @@ def crowd(h, w, y0, y1, x0, x1) -> np.ndarray:
 
 
 def make_coco(root: Path) -> dict[str, Path]:
-    train = write_coco(root, "train2014", [
-        (9, 300, 260, [(1, box(20, 20, 120, 120)), (18, box(100, 100, 200, 200)), (90, crowd(260, 300, 210, 240, 220, 280))]),
-        (25, 320, 280, [(18, box(40, 40, 160, 160)), (1, box(120, 120, 260, 240))]),  # the dog comes first
-        (30, 200, 300, []),  # no annotation, and too small
-        (42, 260, 256, [(1, box(10, 10, 90, 200))]),
-        (77, 255, 400, [(1, box(10, 10, 90, 200))]),  # 255 px wide: left out
-        (81, 300, 300, []),  # no object pixel: left out
-    ])  # fmt: skip
-    val = write_coco(root, "val2014", [
-        (5, 280, 260, [(1, box(30, 30, 150, 200)), (18, box(160, 60, 260, 180))]),
-        (7, 260, 300, [(18, box(20, 20, 200, 150)), (90, crowd(300, 260, 200, 260, 30, 90))]),
-    ])  # fmt: skip
+    train = write_coco(
+        root,
+        "train2014",
+        [
+            (
+                9,
+                300,
+                260,
+                [(1, box(20, 20, 120, 120)), (18, box(100, 100, 200, 200)), (90, crowd(260, 300, 210, 240, 220, 280))],
+            ),
+            (25, 320, 280, [(18, box(40, 40, 160, 160)), (1, box(120, 120, 260, 240))]),  # the dog comes first
+            (30, 200, 300, []),  # no annotation, and too small
+            (42, 260, 256, [(1, box(10, 10, 90, 200))]),
+            (77, 255, 400, [(1, box(10, 10, 90, 200))]),  # 255 px wide: left out
+            (81, 300, 300, []),  # no object pixel: left out
+        ],
+    )
+    val = write_coco(
+        root,
+        "val2014",
+        [
+            (5, 280, 260, [(1, box(30, 30, 150, 200)), (18, box(160, 60, 260, 180))]),
+            (7, 260, 300, [(18, box(20, 20, 200, 150)), (90, crowd(300, 260, 200, 260, 30, 90))]),
+        ],
+    )
     return {"train2014": train, "val2014": val}
 
 
@@ -93,10 +117,27 @@ def coco_root(tmp_path_factory):
     js = make_coco(root)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = root / "SegmentationClass" / "train2014"
-    res = subprocess.run([sys.executable, "-m", "bench.cli", "data", "coco-masks", "--instances", str(js["train2014"]),
-                          "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.cli",
+            "data",
+            "coco-masks",
+            "--instances",
+            str(js["train2014"]),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
-    assert "3 masks written" in res.stdout and "2 smaller than 256 px" in res.stdout and "1 without object" in res.stdout
+    assert (
+        "3 masks written" in res.stdout and "2 smaller than 256 px" in res.stdout and "1 without object" in res.stdout
+    )
     write_coco_masks(js["val2014"], root / "SegmentationClass" / "val2014", progress=False)
     return root
 
@@ -151,15 +192,27 @@ def test_coco2014_study_without_the_data_is_one_line(tmp_path, monkeypatch, caps
 def test_a_study_on_coco_runs_to_finished_runs_with_coco_class_names(coco_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     study = write_study(
-        tmp_path / "coco.yaml", {"base.train.epochs": 1, "base.train.batch_size": 4, "base.segment.epochs": 1},
+        tmp_path / "coco.yaml",
+        {"base.train.epochs": 1, "base.train.batch_size": 4, "base.segment.epochs": 1},
         data={"kind": "coco", "root": str(coco_root), "pseudo_images": 2, "loader_workers": 0},
-        variants={"tkp-pcl": {}}, name="coco_tiny",
-    )  # fmt: skip
+        variants={"tkp-pcl": {}},
+        name="coco_tiny",
+    )
     assert main(["run", str(study)]) == 0
     children, _ = child_runs("sqlite:///mlflow.db", "coco_tiny")
     run = children.iloc[0]
     assert run["status"] == "FINISHED" and run["params.segment.train_split"] == "train2014"
     assert run["metrics.seg_train_images"] == 3  # pseudo labels made for the image not scored too
-    for m in ("pseudo_miou", "pseudo_miou_crf", "seg_miou", "iou_background", "iou_person", "iou_dog",
-              "iou_crf_person", "seg_iou_person", "seg_iou_dog", "seg_iou_toothbrush"):  # fmt: skip
+    for m in (
+        "pseudo_miou",
+        "pseudo_miou_crf",
+        "seg_miou",
+        "iou_background",
+        "iou_person",
+        "iou_dog",
+        "iou_crf_person",
+        "seg_iou_person",
+        "seg_iou_dog",
+        "seg_iou_toothbrush",
+    ):
         assert 0 <= run[f"metrics.{m}"] <= 1, m

@@ -24,13 +24,18 @@ def rle(h: int, w: int) -> dict:
 
 
 BASE = {
-    "info": {}, "licenses": [],
-    "images": [{"id": 1, "file_name": "COCO_val2014_000000000001.jpg", "height": 40, "width": 50},
-               {"id": 2, "file_name": "COCO_val2014_000000000002.jpg", "height": 30, "width": 60}],
-    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [SQUARE], "iscrowd": 0},
-                    {"id": 2, "image_id": 2, "category_id": 18, "segmentation": rle(30, 60), "iscrowd": 1}],
+    "info": {},
+    "licenses": [],
+    "images": [
+        {"id": 1, "file_name": "COCO_val2014_000000000001.jpg", "height": 40, "width": 50},
+        {"id": 2, "file_name": "COCO_val2014_000000000002.jpg", "height": 30, "width": 60},
+    ],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [SQUARE], "iscrowd": 0},
+        {"id": 2, "image_id": 2, "category_id": 18, "segmentation": rle(30, 60), "iscrowd": 1},
+    ],
     "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
-}  # fmt: skip
+}
 MASK1, MASK2 = "COCO_val2014_000000000001.png", "COCO_val2014_000000000002.png"
 
 
@@ -107,31 +112,54 @@ BAD = {  # case: (instances or a function of tmp_path -> (instances, out), what 
     "out under a file": (_out_under_file, "f is a file, not a folder"),
     "out holds other files": (_out_holds_other_files, "holds 1 entries that are not masks (e.g. photo.jpg)"),
     "instances is a folder": (_instances_is_folder, "dir.json: is a folder, not a file"),
-    "category_id not in categories": (variant("annotations.0.category_id", 12),
-                                      "annotations[0] (id 1): category_id 12 is not in the file's categories"),
+    "category_id not in categories": (
+        variant("annotations.0.category_id", 12),
+        "annotations[0] (id 1): category_id 12 is not in the file's categories",
+    ),
     "box-only file": (box_only(), "has no segmentation masks (its 2 annotations have none, e.g. boxes only)"),
-    "annotation without segmentation": (variant("annotations.1.segmentation", delete=True),
-                                        "annotations[1] (id 2): no `segmentation`"),
+    "annotation without segmentation": (
+        variant("annotations.1.segmentation", delete=True),
+        "annotations[1] (id 2): no `segmentation`",
+    ),
     "image without height": (variant("images.1.height", delete=True), "images[1] (id 2): no `height`"),
     "category without id": (variant("categories.1.id", delete=True), "categories[1]: no `id`"),
-    "annotations not a list": (variant("annotations", {"1": BASE["annotations"][0]}), "`annotations` is a dict, not a list"),
+    "annotations not a list": (
+        variant("annotations", {"1": BASE["annotations"][0]}),
+        "`annotations` is a dict, not a list",
+    ),
     "images not a list": (variant("images", None), "`images` is a NoneType, not a list"),
-    "polygon not numbers": (variant("annotations.0.segmentation", [["a", 1, 2, 3, 4, 5]]), "segmentation[0] is not a polygon"),
+    "polygon not numbers": (
+        variant("annotations.0.segmentation", [["a", 1, 2, 3, 4, 5]]),
+        "segmentation[0] is not a polygon",
+    ),
     "flat polygon": (variant("annotations.0.segmentation", SQUARE), "segmentation[0] is not a polygon"),
-    "RLE size differs": (variant("annotations.1.segmentation", rle(40, 50)),
-                         "annotations[1] (id 2): RLE size [40, 50] differs from its image's [height, width] [30, 60]"),
-    "RLE counts too long": (variant("annotations.1.segmentation.counts", [0, 900, 1000]),
-                            "RLE counts sum to 1900, not height x width = 1800"),
-    "RLE string too short": (variant("annotations.1.segmentation.counts", "0000"),
-                             "annotations[1] (id 2): RLE counts sum to 0, not height x width = 1800"),
+    "RLE size differs": (
+        variant("annotations.1.segmentation", rle(40, 50)),
+        "annotations[1] (id 2): RLE size [40, 50] differs from its image's [height, width] [30, 60]",
+    ),
+    "RLE counts too long": (
+        variant("annotations.1.segmentation.counts", [0, 900, 1000]),
+        "RLE counts sum to 1900, not height x width = 1800",
+    ),
+    "RLE string too short": (
+        variant("annotations.1.segmentation.counts", "0000"),
+        "annotations[1] (id 2): RLE counts sum to 0, not height x width = 1800",
+    ),
     "RLE string cut": (variant("annotations.1.segmentation.counts", "0P"), "RLE counts string ends in the middle"),
-    "string image ids, numeric image_id": (string_ids(images_only=True),
-                                           "image_id 1 is not the id of any image (the images' ids are of another type"),
-    "one id for two images": (variant("images.1.id", 1), "images[1]: id 1 again (images[0] has it; image ids must differ)"),
-    "one stem for two images": (variant("images.1.file_name", "other/COCO_val2014_000000000001.jpg"),
-                                "images[1] (id 2) (other/COCO_val2014_000000000001.jpg) and images[0] (id 1) "
-                                "(COCO_val2014_000000000001.jpg) would both write the mask COCO_val2014_000000000001.png"),
-}  # fmt: skip
+    "string image ids, numeric image_id": (
+        string_ids(images_only=True),
+        "image_id 1 is not the id of any image (the images' ids are of another type",
+    ),
+    "one id for two images": (
+        variant("images.1.id", 1),
+        "images[1]: id 1 again (images[0] has it; image ids must differ)",
+    ),
+    "one stem for two images": (
+        variant("images.1.file_name", "other/COCO_val2014_000000000001.jpg"),
+        "images[1] (id 2) (other/COCO_val2014_000000000001.jpg) and images[0] (id 1) "
+        "(COCO_val2014_000000000001.jpg) would both write the mask COCO_val2014_000000000001.png",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import child_runs, write_study
 
 pytestmark = pytest.mark.slow
@@ -15,10 +14,23 @@ pytestmark = pytest.mark.slow
 def torchrun(study, cwd, timeout: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "bench.run.ddp", str(study)],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "bench.run.ddp",
+            str(study),
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_torchrun_two_cpu_processes_run_a_study(tmp_path, monkeypatch):
@@ -36,5 +48,7 @@ def test_torchrun_two_cpu_processes_run_a_study(tmp_path, monkeypatch):
     # hang); the only traceback is torchrun's own report that rank 0 exited with 2, none from a rank
     edited = write_study(tmp_path / "s.yaml", {"base.train.num_threads": 1, "base.train.lr": 0.02})
     r = torchrun(edited, tmp_path, 180)
-    assert r.returncode != 0 and not re.search(r'bench/\w+\.py", line', r.stderr) and "exitcode  : 2" in r.stderr, r.stderr[-3000:]
+    assert r.returncode != 0 and not re.search(r'bench/\w+\.py", line', r.stderr) and "exitcode  : 2" in r.stderr, (
+        r.stderr[-3000:]
+    )
     assert "bench: error: " in r.stderr and "train.lr: 0.02 here" in r.stderr, r.stderr[-3000:]

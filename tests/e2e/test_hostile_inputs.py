@@ -14,8 +14,9 @@ from helpers import ROOT, SMOKE
 def bench(cwd, *argv, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None), env.pop("BENCH_OPTUNA_STORAGE", None)
-    return subprocess.run([sys.executable, "-m", "bench.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def one_line(r, code: int) -> str:
@@ -29,12 +30,20 @@ def test_report_on_a_garbage_mlflow_db_is_one_line_exit_1(tmp_path):
     """Random bytes as mlflow.db: an 81-line traceback before."""
     (tmp_path / "mlflow.db").write_bytes(os.urandom(100_000))
     line = one_line(bench(tmp_path, "report", str(SMOKE)), 1)
-    assert f"MLflow store sqlite:///{tmp_path / 'mlflow.db'} failed: cannot be read (DatabaseError: file is not a database)" in line
+    assert (
+        f"MLflow store sqlite:///{tmp_path / 'mlflow.db'} failed: cannot be read (DatabaseError: file is not a database)"
+        in line
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
 
 
-@pytest.mark.parametrize("out,message", [("afile", "--out afile: is a file, not a folder"),
-                                         ("afile/sub/dir", "--out afile/sub/dir: is under afile, a file, not a folder")])  # fmt: skip
+@pytest.mark.parametrize(
+    "out,message",
+    [
+        ("afile", "--out afile: is a file, not a folder"),
+        ("afile/sub/dir", "--out afile/sub/dir: is under afile, a file, not a folder"),
+    ],
+)
 def test_report_out_a_file_is_one_line_exit_2(tmp_path, out, message):
     """`--out` an existing file or a path under one: a NotADirectoryError traceback before."""
     (tmp_path / "mlflow.db").write_bytes(b"")  # the --out check comes before the store is read
@@ -68,7 +77,10 @@ def test_disk_full_while_a_checkpoint_is_written_names_the_checkpoint(small_disk
     err = " ".join(r.stderr.split())  # rich wraps the summary at 80 columns
     assert r.returncode == 1, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "basic_ios" not in err and "unexpected pos" not in err, err
-    assert "CheckpointWriteError: checkpoint .bench/smoke/checkpoints/" in err and "cannot write (No space left on device)" in err, err
+    assert (
+        "CheckpointWriteError: checkpoint .bench/smoke/checkpoints/" in err
+        and "cannot write (No space left on device)" in err
+    ), err
     if "MLflow store" in err:
         assert err.index("CheckpointWriteError") < err.index("MLflow store"), err
     assert not list(small_disk.glob(".bench/**/*.tmp"))

@@ -9,25 +9,36 @@ import time
 
 import optuna
 import pytest
-
 from helpers import child_runs, write_study
 
 pytestmark = pytest.mark.slow
 URI = "sqlite:///mlflow.db"
+
+
 # one variant, no stage 2: the shortest study that still trains, checkpoints and logs
 def short(**changes) -> dict:
-    return {"base.segment.enabled": False, "variants": {"vit-pcm": {"pooling.kind": "max", "loss.pce_weight": 0.0}},
-            **changes}  # fmt: skip
+    return {
+        "base.segment.enabled": False,
+        "variants": {"vit-pcm": {"pooling.kind": "max", "loss.pce_weight": 0.0}},
+        **changes,
+    }
 
 
 def bench(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def start(*args, cwd, env=None):
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def trials(cwd) -> list[optuna.trial.FrozenTrial]:
@@ -80,16 +91,27 @@ def test_killed_trial_edited_file_refused_then_corrupt_checkpoint_restarts_on_an
     # case 3: a worker with an edited copy, or with a renamed variant, refuses before claiming
     r = bench("worker", str(edited), cwd=tmp_path)
     assert r.returncode == 2 and "variants.vit-pcm.train.lr: 0.02 here" in one_line_error(r.stderr)
-    renamed = write_study(tmp_path / "renamed.yaml", short(**{"base.train.epochs": 4,
-                                                        "variants": {"max": {"pooling.kind": "max", "loss.pce_weight": 0.0}}}))  # fmt: skip
+    renamed = write_study(
+        tmp_path / "renamed.yaml",
+        short(**{"base.train.epochs": 4, "variants": {"max": {"pooling.kind": "max", "loss.pce_weight": 0.0}}}),
+    )
     r = bench("worker", str(renamed), cwd=tmp_path)
     assert r.returncode == 2 and "ran job 'vit-pcm|seed=0', which this file does not define" in one_line_error(r.stderr)
     assert [(t.number, t.state) for t in trials(tmp_path)] == before
 
     # case 5 and 8: the checkpoint is corrupt, and the study moves to other execution settings
     ckpt.write_bytes(os.urandom(1000))
-    moved = write_study(tmp_path / "moved.yaml", short(**{"base.train.epochs": 4, "base.train.device": "cpu",
-                                                    "base.train.num_threads": 1, "base.pseudo.workers": 1}))  # fmt: skip
+    moved = write_study(
+        tmp_path / "moved.yaml",
+        short(
+            **{
+                "base.train.epochs": 4,
+                "base.train.device": "cpu",
+                "base.train.num_threads": 1,
+                "base.pseudo.workers": 1,
+            }
+        ),
+    )
     r = bench("run", str(moved), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     squashed = "".join(r.stderr.split())  # the progress display wraps what is printed meanwhile
@@ -124,8 +146,10 @@ def test_a_store_failing_mid_trial_is_one_line_and_the_trial_is_retried(tmp_path
     study = write_study(tmp_path / "s.yaml", short(**{"base.train.epochs": 3}))
     env = {**os.environ, "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool"}  # each store call opens the file anew
     proc = start("run", str(study), cwd=tmp_path, env=env)
-    wait_for(lambda: any(t.user_attrs.get("epoch", 0) >= 1 for t in trials(tmp_path)) or proc.poll() is not None,
-             "the first epoch")  # fmt: skip
+    wait_for(
+        lambda: any(t.user_attrs.get("epoch", 0) >= 1 for t in trials(tmp_path)) or proc.poll() is not None,
+        "the first epoch",
+    )
     db = tmp_path / "mlflow.db"
     os.replace(db, tmp_path / "mlflow.db.saved")
     db.write_bytes(os.urandom(4096))  # the store is now garbage

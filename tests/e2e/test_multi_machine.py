@@ -14,12 +14,14 @@ import uuid
 
 import optuna
 import pytest
-
 from helpers import child_runs, write_study
 
 PG_URL = os.environ.get("TKP_BENCH_PG_URL")
-pytestmark = [pytest.mark.slow, pytest.mark.postgres,
-              pytest.mark.skipif(not PG_URL, reason="TKP_BENCH_PG_URL not set (see .ci/postgres.sh)")]  # fmt: skip
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.skipif(not PG_URL, reason="TKP_BENCH_PG_URL not set (see .ci/postgres.sh)"),
+]
 
 
 def free_port() -> int:
@@ -32,11 +34,25 @@ def free_port() -> int:
 def mlflow_server(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -61,14 +77,24 @@ def test_run_and_remote_worker_share_a_postgres_study(tmp_path, mlflow_server):
     machine_b = tmp_path / "b"
     machine_a.mkdir()
     machine_b.mkdir()
-    run = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(study), *args], cwd=machine_a,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    run = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(study), *args],
+        cwd=machine_a,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     storage = optuna.storages.RDBStorage(PG_URL)
     deadline = time.time() + 120
     while name not in optuna.get_all_study_names(storage) and time.time() < deadline:
         time.sleep(0.5)
-    worker = subprocess.run([sys.executable, "-m", "bench.cli", "worker", str(study), *args, "--quiet"],
-                            cwd=machine_b, capture_output=True, text=True, timeout=600)  # fmt: skip
+    worker = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "worker", str(study), *args, "--quiet"],
+        cwd=machine_b,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out, _ = run.communicate(timeout=600)
     assert run.returncode == 0, out
     assert worker.returncode == 0, worker.stdout + worker.stderr

@@ -21,8 +21,10 @@ def test_bench_run_refuses_a_text_file_and_a_directory(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.pth").write_text("epochs: 2\nthese are notes, not weights\n")
     (tmp_path / "weights.pth").mkdir()
-    for name, message in (("notes.pth", "notes.pth: not a readable state dict ("),
-                          ("weights.pth", "weights.pth: model.pretrained_file is a directory, not a weights file")):  # fmt: skip
+    for name, message in (
+        ("notes.pth", "notes.pth: not a readable state dict ("),
+        ("weights.pth", "weights.pth: model.pretrained_file is a directory, not a weights file"),
+    ):
         study = write_study(tmp_path / "s.yaml", {"base.model.pretrained_file": name})
         assert main(["run", str(study)]) == 2
         err = capsys.readouterr().err.strip()

@@ -26,8 +26,15 @@ SMALL = {"data.n_train": 32, "data.n_val": 16, "base.train.epochs": 3, "base.seg
 
 def start_bench(*args, cwd: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _procs() -> dict[int, tuple[int, str]]:
@@ -71,8 +78,10 @@ def journal_study(cwd: Path):
     if not journal.exists():
         return None
     try:
-        return optuna.load_study(study_name="smoke", storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(journal))))  # fmt: skip
+        return optuna.load_study(
+            study_name="smoke",
+            storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))),
+        )
     except KeyError:
         return None
 
@@ -114,8 +123,14 @@ def assert_resumable(cwd: Path, monkeypatch, trials: int, interrupted: list[int]
 
 
 def assert_finishes(study: Path, cwd: Path, monkeypatch, variants: list[str]) -> None:
-    r = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(study)], cwd=cwd, capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "run", str(study)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0, r.stderr
     monkeypatch.chdir(cwd)
     children, parents = child_runs(URI, "smoke")

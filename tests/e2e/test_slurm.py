@@ -37,8 +37,14 @@ def slurm():
 
 
 def bench(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def submit(study: Path, cwd: Path, *flags) -> str:
@@ -93,8 +99,18 @@ def test_array_runs_every_trial_once_and_tags_where(tmp_path):
     row = next(line for line in ls.stdout.splitlines() if f" {job} " in line and name in line)
     assert re.search(rf"{job}\s*│\s*2\s*│\s*0\s*│\s*0\s*│\s*2\s*│", row), row  # tasks, pending, running, ended
 
-    again = bench("submit", study, "--storage", PG_URL, "--tracking-uri", "sqlite:///mlflow.db", "--local-ok",
-                  "--workers", 2, cwd=tmp_path)  # fmt: skip
+    again = bench(
+        "submit",
+        study,
+        "--storage",
+        PG_URL,
+        "--tracking-uri",
+        "sqlite:///mlflow.db",
+        "--local-ok",
+        "--workers",
+        2,
+        cwd=tmp_path,
+    )
     assert again.returncode == 0 and "all 2 trials done; nothing submitted" in again.stdout, again.stdout + again.stderr
     arrays = optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(PG_URL)).user_attrs["slurm_arrays"]
     assert [a["job_id"] for a in arrays] == [job]

@@ -4,11 +4,11 @@ whose stage-2 training images are also scored are refused."""
 import numpy as np
 import pytest
 import torch
+from helpers import write_study
 from PIL import Image
 
 from bench.cli import main
 from bench.study import StudyError, load_study
-from helpers import write_study
 from tkp_pcl.config import ModelConfig, PseudoConfig, VOCDataConfig
 from tkp_pcl.data import DataError, Split, load_splits, seg_train_split_name, unscored
 from tkp_pcl.model import PatchClassifier
@@ -46,10 +46,16 @@ def test_voc_stage2_split_defaults_to_train_aug(voc_root):
     assert load_splits(VOCDataConfig(root=str(root), seg_train_split="train")).seg_train is not None
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"seg_train_split": "val"}, "data.seg_train_split: 1 images also in data.val_split 'val' (e.g. 2008_000002)"),
-    ({"train_split": "val", "pseudo_split": "val"}, "data.seg_train_split (= data.train_split 'val'): 1 images also in data.val_split 'val'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"seg_train_split": "val"}, "data.seg_train_split: 1 images also in data.val_split 'val' (e.g. 2008_000002)"),
+        (
+            {"train_split": "val", "pseudo_split": "val"},
+            "data.seg_train_split (= data.train_split 'val'): 1 images also in data.val_split 'val'",
+        ),
+    ],
+)
 def test_stage2_training_on_scored_images_is_refused(tmp_path, monkeypatch, capsys, voc_root, data, message):
     root, _ = voc_root
     path = write_study(tmp_path / "leak.yaml", data={"kind": "voc", "root": str(root), **data})
@@ -59,8 +65,9 @@ def test_stage2_training_on_scored_images_is_refused(tmp_path, monkeypatch, caps
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and str(path) in err, err
-    no_stage2 = write_study(tmp_path / "ok.yaml", {"base.segment.enabled": False},
-                            data={"kind": "voc", "root": str(root), **data})  # fmt: skip
+    no_stage2 = write_study(
+        tmp_path / "ok.yaml", {"base.segment.enabled": False}, data={"kind": "voc", "root": str(root), **data}
+    )
     load_study(no_stage2)  # pseudo labels scored on val are allowed (ViT-PCM's val numbers)
 
 
@@ -83,6 +90,8 @@ def test_voc_image_without_a_mask_gets_labels_from_its_xml_and_a_pseudo_label(vo
     model = PatchClassifier(ModelConfig(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2), 21)
     make_pseudo_labels(model, unscored(split.subset([k])), PseudoConfig(workers=1), out_dir=tmp_path, progress=False)
     assert np.asarray(Image.open(tmp_path / "pseudo_crf" / "2010_000005.png")).shape == (30, 44)
-    (root / "Annotations" / "2010_000005.xml").write_text("<annotation><object><name>unicorn</name></object></annotation>")
+    (root / "Annotations" / "2010_000005.xml").write_text(
+        "<annotation><object><name>unicorn</name></object></annotation>"
+    )
     with pytest.raises(DataError, match="2010_000005.xml names unknown classes"):
         voc_split(root, "train_aug").all_labels()

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, child_runs, write_study
 
 pytestmark = pytest.mark.slow
@@ -32,13 +31,20 @@ def tiny(tmp_path: Path, epochs: int = 1, seeds=(0,)) -> Path:
 
 
 def bench(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=ENV)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=ENV
+    )
 
 
 def start(*args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
 
 
 def one_line(stderr: str, start: str) -> str:
@@ -100,7 +106,10 @@ def test_disk_full_while_the_journal_is_written_is_one_line_and_the_study_resume
         filler = fill(disk, 4096)  # room for the study, its job and the trial's first records only
         r = bench("run", str(study), "--storage", storage, cwd=tmp_path)
         assert r.returncode == 1, r.stderr
-        line = one_line(r.stderr, f"bench: error: Optuna journal {disk}/optuna.journal: writing failed ([Errno 28] No space left on device)")
+        line = one_line(
+            r.stderr,
+            f"bench: error: Optuna journal {disk}/optuna.journal: writing failed ([Errno 28] No space left on device)",
+        )
         assert "rolled back" in line
         assert (disk / "optuna.journal").read_bytes().endswith(b"\n")
         assert bench("ls", "--storage", storage, cwd=tmp_path).returncode == 0  # readable (was JSONDecodeError)
@@ -130,8 +139,11 @@ def test_a_journal_cut_short_or_damaged_is_repaired_or_refused_never_run_again(t
     journal.write_bytes(b"".join(lines[:-1]))  # cut at a line end: trial 1's COMPLETE record is lost
     r = bench("run", str(study), cwd=tmp_path)
     assert r.returncode == 2
-    one_line(r.stderr, "bench: error: the Optuna storage journal:.bench/optuna.journal lost the results of 1 finished "
-                       "trial(s) of study 'smoke' (vit-pcm|seed=1: FINISHED in MLflow")  # fmt: skip
+    one_line(
+        r.stderr,
+        "bench: error: the Optuna storage journal:.bench/optuna.journal lost the results of 1 finished "
+        "trial(s) of study 'smoke' (vit-pcm|seed=1: FINISHED in MLflow",
+    )
     journal.write_bytes(whole)  # restored from a backup
     r = bench("run", str(study), cwd=tmp_path)
     assert r.returncode == 0 and "all 2 trials done" in r.stderr, r.stderr
@@ -156,8 +168,11 @@ def test_the_journal_deleted_mid_run_stops_the_run_in_one_line(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 1
-    one_line(err, "bench: error: Optuna journal .bench/optuna.journal: the file was deleted or replaced while this "
-                  "process was using it")  # fmt: skip
+    one_line(
+        err,
+        "bench: error: Optuna journal .bench/optuna.journal: the file was deleted or replaced while this "
+        "process was using it",
+    )
     assert not journal.exists()
     assert list(trial_runs(tmp_path)["status"]) == ["FAILED"]
     r = bench("run", str(tiny(tmp_path)), cwd=tmp_path)  # started again (shorter, as a new study would be)

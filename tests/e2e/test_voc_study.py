@@ -2,10 +2,10 @@
 pseudo labels with CRF at the images' own sizes, stage 2 on train_aug's pseudo labels, MLflow."""
 
 import pytest
+from conftest import write_voc_fixture
+from helpers import child_runs, write_study
 
 from bench.cli import main
-from helpers import child_runs, write_study
-from conftest import write_voc_fixture
 
 pytestmark = pytest.mark.slow
 
@@ -14,11 +14,19 @@ def test_bench_run_on_a_voc_layout(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_voc_fixture(tmp_path / "VOC2012", n_synthetic=5)
     study = write_study(
-        tmp_path / "voc.yaml", {"base.train.epochs": 1, "base.train.batch_size": 4, "base.segment.epochs": 1},
-        data={"kind": "voc", "root": str(tmp_path / "VOC2012"), "train_split": "train_aug",
-              "pseudo_split": "train", "val_split": "val", "loader_workers": 0},
-        variants={"tkp-pcl": {}}, name="voc_tiny",
-    )  # fmt: skip
+        tmp_path / "voc.yaml",
+        {"base.train.epochs": 1, "base.train.batch_size": 4, "base.segment.epochs": 1},
+        data={
+            "kind": "voc",
+            "root": str(tmp_path / "VOC2012"),
+            "train_split": "train_aug",
+            "pseudo_split": "train",
+            "val_split": "val",
+            "loader_workers": 0,
+        },
+        variants={"tkp-pcl": {}},
+        name="voc_tiny",
+    )
     assert main(["run", str(study)]) == 0
     children, _ = child_runs("sqlite:///mlflow.db", "voc_tiny")
     run = children.iloc[0]

@@ -10,10 +10,16 @@ from tkp_pcl.config import EXECUTION, EXECUTION_KEYS, MethodConfig, execution_pa
 
 #: The list that was written out by hand before the marks.
 LISTED = (
-    "train.device", "train.amp", "train.compile", "train.num_threads",
-    "segment.amp", "segment.channels_last", "segment.compile",
-    "pseudo.workers", "data.loader_workers",
-)  # fmt: skip
+    "train.device",
+    "train.amp",
+    "train.compile",
+    "train.num_threads",
+    "segment.amp",
+    "segment.channels_last",
+    "segment.compile",
+    "pseudo.workers",
+    "data.loader_workers",
+)
 
 
 def test_derived_execution_keys_are_the_listed_ones():
@@ -36,8 +42,12 @@ def test_a_marked_field_is_an_execution_setting_and_an_unmarked_one_is_not():
 def test_only_unmarked_fields_change_the_identity():
     base = MethodConfig()
     assert "train.lr" not in EXECUTION_KEYS
-    assert config_hash(base.model_copy(update={"train": base.train.model_copy(update={"lr": 0.5})})) != config_hash(base)
-    fast = MethodConfig.model_validate({"train": {"device": "cpu", "amp": True, "num_threads": 3}, "pseudo": {"workers": 5}})
+    assert config_hash(base.model_copy(update={"train": base.train.model_copy(update={"lr": 0.5})})) != config_hash(
+        base
+    )
+    fast = MethodConfig.model_validate(
+        {"train": {"device": "cpu", "amp": True, "num_threads": 3}, "pseudo": {"workers": 5}}
+    )
     assert config_hash(fast) == config_hash(base)
     moved = with_execution(base, fast)
     assert moved.train.num_threads == 3 and moved.pseudo.workers == 5 and moved.train.lr == base.train.lr
@@ -77,8 +87,12 @@ def test_seeds_and_epochs_are_bounded():
     from tkp_pcl.config import SEED_MAX, SyntheticDataConfig
 
     assert MethodConfig.model_validate({"train": {"seed": SEED_MAX}}).train.seed == 2**32 - 1
-    for bad in ({"train": {"seed": 2**32}}, {"train": {"seed": -1}}, {"train": {"epochs": 10**12}},
-                {"segment": {"epochs": 10_001}}):  # fmt: skip
+    for bad in (
+        {"train": {"seed": 2**32}},
+        {"train": {"seed": -1}},
+        {"train": {"epochs": 10**12}},
+        {"segment": {"epochs": 10_001}},
+    ):
         with pytest.raises(ValidationError):
             MethodConfig.model_validate(bad)
     with pytest.raises(ValidationError):

@@ -9,7 +9,21 @@ from .synthetic import synthetic_split
 from .voc import voc_ids, voc_split
 
 __all__ = [
-    "COCO_CLASSES", "IGNORE_INDEX", "DataError", "Split", "Splits", "coco_ids", "coco_split", "colorize",
-    "load_splits", "save_label_png", "seg_train_split_name", "split_ids", "synthetic_split", "unscored",
-    "voc_colormap", "voc_ids", "voc_split",
-]  # fmt: skip
+    "COCO_CLASSES",
+    "IGNORE_INDEX",
+    "DataError",
+    "Split",
+    "Splits",
+    "coco_ids",
+    "coco_split",
+    "colorize",
+    "load_splits",
+    "save_label_png",
+    "seg_train_split_name",
+    "split_ids",
+    "synthetic_split",
+    "unscored",
+    "voc_colormap",
+    "voc_ids",
+    "voc_split",
+]

@@ -85,8 +85,10 @@ def check_out_dir(out: str | Path) -> Path:
     if out.is_dir():
         others = sorted(p.name for p in out.iterdir() if not (p.is_file() and p.suffix == ".png"))
         if others:
-            raise DataError(f"{what}: holds {len(others)} entries that are not masks (e.g. {others[0]}); "
-                            "name a new folder, or one holding only masks of an earlier run (they are replaced)")  # fmt: skip
+            raise DataError(
+                f"{what}: holds {len(others)} entries that are not masks (e.g. {others[0]}); "
+                "name a new folder, or one holding only masks of an earlier run (they are replaced)"
+            )
     parent = out.parent if out.exists() else anc
     for d in ([out] if out.exists() else []) + [parent]:
         if not os.access(d, os.W_OK | os.X_OK):
@@ -154,8 +156,10 @@ def check_segmentation(seg, h: int, w: int) -> str | None:
     if isinstance(seg, list):
         for k, poly in enumerate(seg):
             if not isinstance(poly, list) or not all(type(v) in _NUMBER for v in poly):  # bool is not a number
-                return (f"segmentation[{k}] is not a polygon (a list of x, y numbers); segmentation is a list of "
-                        "polygons or an RLE {counts, size}")  # fmt: skip
+                return (
+                    f"segmentation[{k}] is not a polygon (a list of x, y numbers); segmentation is a list of "
+                    "polygons or an RLE {counts, size}"
+                )
         return None
     if isinstance(seg, dict):
         if "counts" not in seg or "size" not in seg:
@@ -200,8 +204,10 @@ def index_instances(data, path: str | Path) -> Instances:
     images = _images(data["images"], bad)
     anns = data["annotations"]
     if anns and all(isinstance(a, dict) and "segmentation" not in a for a in anns):
-        raise DataError(f"{path}: has no segmentation masks (its {len(anns)} annotations have none, e.g. boxes only); "
-                        f"use {INSTANCES_HINT}")  # fmt: skip
+        raise DataError(
+            f"{path}: has no segmentation masks (its {len(anns)} annotations have none, e.g. boxes only); "
+            f"use {INSTANCES_HINT}"
+        )
     return Instances(path, list(images.values()), _annotations(anns, images, categories, bad), renamed)
 
 
@@ -217,8 +223,11 @@ def _categories(entries: list, path: Path, bad) -> tuple[dict[int, str | None], 
     unknown = sorted(set(categories) - set(CLASS_OF_CATEGORY))
     if unknown:
         raise DataError(f"{path}: category id(s) {unknown} are not among COCO's 80 category ids")
-    renamed = [(cid, name) for cid, name in sorted(categories.items())
-               if name is not None and name.strip().lower() != COCO_NAMES[cid]]  # fmt: skip
+    renamed = [
+        (cid, name)
+        for cid, name in sorted(categories.items())
+        if name is not None and name.strip().lower() != COCO_NAMES[cid]
+    ]
     return categories, renamed
 
 
@@ -245,8 +254,10 @@ def _images(entries: list, bad) -> dict[Any, dict]:
             raise bad(f"{where}: `file_name` {img['file_name']!r} is not a file name")
         stem = Path(img["file_name"]).stem
         if stem in stems:
-            raise bad(f"{where} ({img['file_name']}) and {stems[stem]} would both write the mask {stem}.png "
-                      "(masks are named by file stem: one file for two images)")  # fmt: skip
+            raise bad(
+                f"{where} ({img['file_name']}) and {stems[stem]} would both write the mask {stem}.png "
+                "(masks are named by file stem: one file for two images)"
+            )
         stems[stem] = f"{where} ({img['file_name']})"
         where_img[img["id"]] = f"images[{i}]"
         images[img["id"]] = img
@@ -321,8 +332,10 @@ def renamed_warning(inst: Instances) -> str | None:
         return None
     shown = ", ".join(f"{cid} is {name!r} here, {COCO_NAMES[cid]!r} in COCO" for cid, name in inst.renamed[:3])
     more = f" and {len(inst.renamed) - 3} more" if len(inst.renamed) > 3 else ""
-    return (f"{inst.path}: {len(inst.renamed)} category names differ from COCO's for their ids ({shown}{more}); "
-            "the masks use COCO's classes for these ids: check the file is numbered as COCO is")  # fmt: skip
+    return (
+        f"{inst.path}: {len(inst.renamed)} category names differ from COCO's for their ids ({shown}{more}); "
+        "the masks use COCO's classes for these ids: check the file is numbered as COCO is"
+    )
 
 
 def _swap_in(tmp: Path, out: Path) -> int:

@@ -53,9 +53,13 @@ def load_splits(cfg: AnyDataConfig) -> Splits:
     """Build the splits a study uses from its data configuration (one object per named split)."""
     if isinstance(cfg, SyntheticDataConfig):
         kw = dict(
-            seed=cfg.seed, size=cfg.size, max_objects=cfg.max_objects,
-            min_size=cfg.min_size, max_size=cfg.max_size, noise=cfg.noise,
-        )  # fmt: skip
+            seed=cfg.seed,
+            size=cfg.size,
+            max_objects=cfg.max_objects,
+            min_size=cfg.min_size,
+            max_size=cfg.max_size,
+            noise=cfg.noise,
+        )
         train = synthetic_split("train", cfg.n_train, **kw)
         return Splits(train=train, pseudo=train, val=synthetic_split("val", cfg.n_val, **kw))
     cache: dict[str, Split] = {}
@@ -72,6 +76,9 @@ def load_splits(cfg: AnyDataConfig) -> Splits:
     if isinstance(cfg, CocoDataConfig) and cfg.pseudo_images is not None:
         pseudo = pseudo.subset(range(min(cfg.pseudo_images, len(pseudo))))
     return Splits(
-        train=get(cfg.train_split), pseudo=pseudo, val=get(cfg.val_split),
-        loader_workers=cfg.loader_workers, seg_train=get(seg_train_split_name(cfg)),
-    )  # fmt: skip
+        train=get(cfg.train_split),
+        pseudo=pseudo,
+        val=get(cfg.val_split),
+        loader_workers=cfg.loader_workers,
+        seg_train=get(seg_train_split_name(cfg)),
+    )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class Split:
     @classmethod
     def in_memory(
         cls, name: str, class_names: Sequence[str], ids: list[str], images: np.ndarray, masks: np.ndarray
-    ) -> "Split":
+    ) -> Split:
         return cls(name, tuple(class_names), ids, images.__getitem__, masks.__getitem__)
 
     @property
@@ -58,7 +58,7 @@ class Split:
             self._labels = out
         return self._labels
 
-    def subset(self, indices: Sequence[int]) -> "Split":
+    def subset(self, indices: Sequence[int]) -> Split:
         idx = list(indices)
         labels = None if self._labels is None else self._labels[idx]
         return Split(

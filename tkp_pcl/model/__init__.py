@@ -7,6 +7,16 @@ from .segmenter import Segmenter, TorchvisionDeepLab, ViTDecoder
 from .weights import WeightsError, load_pretrained_file, read_state_dict
 
 __all__ = [
-    "HVBiLSTM", "PatchClassifier", "PatchOutput", "Segmenter", "TorchvisionDeepLab", "ViTDecoder", "WeightsError",
-    "check_pretrained_file", "create_backbone", "load_pretrained_file", "read_state_dict", "sequence_dropout",
-]  # fmt: skip
+    "HVBiLSTM",
+    "PatchClassifier",
+    "PatchOutput",
+    "Segmenter",
+    "TorchvisionDeepLab",
+    "ViTDecoder",
+    "WeightsError",
+    "check_pretrained_file",
+    "create_backbone",
+    "load_pretrained_file",
+    "read_state_dict",
+    "sequence_dropout",
+]

@@ -90,9 +90,7 @@ class PatchClassifier(nn.Module):
         self.condition = HVBiLSTM(dim, cfg.lstm_hidden, cfg.lstm_dropout) if cfg.hv_bilstm else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(dim, num_classes, bias=False)
-        self.projection = nn.Sequential(
-            nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, cfg.proj_dim)
-        )
+        self.projection = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, cfg.proj_dim))
         mean, std = backbone_mean_std(self.backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))

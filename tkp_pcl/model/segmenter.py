@@ -44,9 +44,11 @@ class TorchvisionDeepLab(nn.Module):
 
         try:
             self.net = getattr(seg, name)(
-                weights=None, weights_backbone="DEFAULT" if pretrained_backbone else None,
-                num_classes=num_classes, aux_loss=False,
-            )  # fmt: skip
+                weights=None,
+                weights_backbone="DEFAULT" if pretrained_backbone else None,
+                num_classes=num_classes,
+                aux_loss=False,
+            )
         except OSError as e:  # URLError included: no network and no cached weights
             raise RuntimeError(
                 f"ImageNet weights for the backbone of {name!r} could not be loaded ({e}); put them in "

@@ -43,8 +43,18 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             sd = load_file(path, device="cpu")
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError, KeyError, ValueError, TypeError,
-            AttributeError, IndexError) as e:  # a file that is not a pickle (a text file: KeyError) fails in any of these
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        SafetensorError,
+        KeyError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as e:  # a file that is not a pickle (a text file: KeyError) fails in any of these
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise WeightsError(f"{path}: not a readable state dict ({type(e).__name__}: {first})") from None
     for wrapper in ("model", "state_dict"):

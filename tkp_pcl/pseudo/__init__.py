@@ -5,6 +5,11 @@ from .crf import crf_refine, dense_crf
 from .labels import PseudoResult, label_batch, make_pseudo_labels, maps_to_labels, predict_class_maps
 
 __all__ = [
-    "PseudoResult", "crf_refine", "dense_crf", "label_batch", "make_pseudo_labels", "maps_to_labels",
+    "PseudoResult",
+    "crf_refine",
+    "dense_crf",
+    "label_batch",
+    "make_pseudo_labels",
+    "maps_to_labels",
     "predict_class_maps",
-]  # fmt: skip
+]

@@ -47,7 +47,9 @@ def maps_to_labels(maps: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]
     return up, up.argmax(0)
 
 
-def label_batch(maps: Tensor, masks: list[np.ndarray], num_classes: int) -> tuple[list[Tensor], list[np.ndarray], np.ndarray]:
+def label_batch(
+    maps: Tensor, masks: list[np.ndarray], num_classes: int
+) -> tuple[list[Tensor], list[np.ndarray], np.ndarray]:
     """Class maps (B, C, h, w) -> per image the upsampled probabilities (C, H, W) and the argmax
     label (H, W) uint8 at its mask's size, and the batch's confusion matrix (C, C) against the
     masks. Same-size masks take one upsampling and one bincount for the whole batch."""

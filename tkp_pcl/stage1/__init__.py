@@ -8,6 +8,18 @@ from .pooling import POOLINGS, pool
 from .train import ImageLabelDataset, NonFiniteLossError, Stage1Result, StoppedByRankZero, monitor_miou, train_stage1
 
 __all__ = [
-    "EQ_FORMS", "LOSS_TERMS", "POOLINGS", "Checkpoint", "CheckpointError", "ImageLabelDataset", "NonFiniteLossError",
-    "Stage1Result", "StoppedByRankZero", "checkpoint", "monitor_miou", "pool", "stage1_loss", "train_stage1",
-]  # fmt: skip
+    "EQ_FORMS",
+    "LOSS_TERMS",
+    "POOLINGS",
+    "Checkpoint",
+    "CheckpointError",
+    "ImageLabelDataset",
+    "NonFiniteLossError",
+    "Stage1Result",
+    "StoppedByRankZero",
+    "checkpoint",
+    "monitor_miou",
+    "pool",
+    "stage1_loss",
+    "train_stage1",
+]

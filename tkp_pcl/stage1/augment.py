@@ -70,11 +70,11 @@ def crop_resize(x: Tensor, crops: Tensor, unit: int, size: int) -> Tensor:
 
     out = x.new_empty((*x.shape[:-2], size, size))
     whole = [i for i, (_, _, side) in enumerate(rows) if not side]
-    cut = [(i, t, l, s) for i, (t, l, s) in enumerate(rows) if s]
+    cut = [(i, top, left, s) for i, (top, left, s) in enumerate(rows) if s]
     if whole:
         out[whole] = resize(x[whole])
     if cut:
-        parts = [x[i, ..., t * unit : (t + s) * unit, l * unit : (l + s) * unit] for i, t, l, s in cut]
+        parts = [x[i, ..., top * unit : (top + s) * unit, left * unit : (left + s) * unit] for i, top, left, s in cut]
         out[[c[0] for c in cut]] = resize(torch.stack(parts))
     return out
 

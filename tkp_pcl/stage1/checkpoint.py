@@ -20,10 +20,19 @@ from torch import nn
 from ..config import MethodConfig
 
 __all__ = [
-    "KEYS", "META_CONFIG", "META_HASH", "META_JOB", "Checkpoint", "CheckpointError", "CheckpointWriteError", "load",
-    "make_meta", "save",
-    "state_of", "validate",
-]  # fmt: skip
+    "KEYS",
+    "META_CONFIG",
+    "META_HASH",
+    "META_JOB",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointWriteError",
+    "load",
+    "make_meta",
+    "save",
+    "state_of",
+    "validate",
+]
 
 #: What every checkpoint holds besides ``meta``.
 KEYS = ("model", "optimizer", "scheduler", "generator", "torch_rng", "history_keys", "history")
@@ -94,19 +103,26 @@ class Checkpoint:
 
 
 def state_of(
-    model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator, history: list[dict[str, float]], meta: dict[str, Any] | None,
-) -> dict[str, Any]:  # fmt: skip
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    history: list[dict[str, float]],
+    meta: dict[str, Any] | None,
+) -> dict[str, Any]:
     """What :func:`save` writes after an epoch (``history`` non-empty): :data:`KEYS` and ``meta``
     (plain data, ``{}`` when None)."""
     keys = list(history[0])
     return {
-        "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(), "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(), "history_keys": keys,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history_keys": keys,
         "history": torch.tensor([[h[k] for k in keys] for h in history], dtype=torch.float64),
         "meta": meta or {},
-    }  # fmt: skip
+    }
 
 
 def save(state: dict[str, Any], path: str | Path) -> None:

@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -42,9 +42,14 @@ class Views:
 
 
 def flip_views(
-    net: nn.Module, model: nn.Module, images: Tensor, labels: Tensor, cfg: MethodConfig,
-    generator: torch.Generator, amp: AbstractContextManager,
-) -> Views:  # fmt: skip
+    net: nn.Module,
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    cfg: MethodConfig,
+    generator: torch.Generator,
+    amp: AbstractContextManager,
+) -> Views:
     """``flip``: each image mirrored with probability 1/2 (then colour jitter where on); the batch
     and its mirror in one forward, each the other's target (:func:`~.losses.equivariance_loss`).
     Both halves are pooled."""
@@ -61,9 +66,14 @@ def flip_views(
 
 
 def vitpcm_views(
-    net: nn.Module, model: nn.Module, images: Tensor, labels: Tensor, cfg: MethodConfig,
-    generator: torch.Generator, amp: AbstractContextManager,
-) -> Views:  # fmt: skip
+    net: nn.Module,
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    cfg: MethodConfig,
+    generator: torch.Generator,
+    amp: AbstractContextManager,
+) -> Views:
     """``vitpcm``: view 1 is each image with its own flips/transpose; with the equivariance on,
     an eval-mode teacher (``model``) predicts view 1 and the student predicts view 1 and 2x2
     mosaics of half-size views 2 (:mod:`~.equivariance`). Only view 1 is pooled."""
@@ -127,10 +137,14 @@ def stage1_loss(
     l_pce = v.out.embeddings.sum() * 0.0 if every_param_in_graph else zero
     if use_pce:
         l_pce = patch_contrastive_error(
-            v.out.embeddings[: v.probs.shape[0]], patch_labels_from_probs(v.probs, v.labels),
-            temperature=lc.pce_temperature, max_patches=lc.pce_max_patches,
-            form=lc.pce_form, margin=lc.pce_margin, generator=generator,
-        )  # fmt: skip
+            v.out.embeddings[: v.probs.shape[0]],
+            patch_labels_from_probs(v.probs, v.labels),
+            temperature=lc.pce_temperature,
+            max_patches=lc.pce_max_patches,
+            form=lc.pce_form,
+            margin=lc.pce_margin,
+            generator=generator,
+        )
     l_eq = zero if v.eq is None else v.eq
     l_l2 = lc.cls_l2 * model.classifier.weight.float().pow(2).sum() if lc.cls_l2 > 0 else zero
     loss = lc.cls_weight * l_cls + lc.eq_weight * l_eq + lc.pce_weight * l_pce + l_l2

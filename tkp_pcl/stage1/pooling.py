@@ -7,7 +7,7 @@ The study key ``pooling.kind`` names an entry of :data:`POOLINGS`.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -71,9 +71,7 @@ def pool(scores: Tensor, kind: str = "topk", **params: object) -> Tensor:
     try:
         fn = POOLINGS[kind]
     except KeyError:
-        raise ValueError(
-            f"unknown pooling kind {kind!r}; valid kinds: {', '.join(sorted(POOLINGS))}"
-        ) from None
+        raise ValueError(f"unknown pooling kind {kind!r}; valid kinds: {', '.join(sorted(POOLINGS))}") from None
     if scores.dim() != 3:
         raise ValueError(f"scores must be (B, N, C), got shape {tuple(scores.shape)}")
     return fn(scores, **params)

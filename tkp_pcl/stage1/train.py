@@ -8,9 +8,9 @@ step from :mod:`tkp_pcl.runtime`; the checkpoint from :mod:`tkp_pcl.stage1.check
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,9 +32,14 @@ from .objective import LOSS_TERMS, stage1_loss
 from .schedule import build_optimizer, build_scheduler, phase_of, set_trainable
 
 __all__ = [
-    "EpochCallback", "ImageLabelDataset", "NonFiniteLossError", "Stage1Result", "StoppedByRankZero", "monitor_miou",
+    "EpochCallback",
+    "ImageLabelDataset",
+    "NonFiniteLossError",
+    "Stage1Result",
+    "StoppedByRankZero",
+    "monitor_miou",
     "train_stage1",
-]  # fmt: skip
+]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -134,8 +139,17 @@ def _train_epoch(run: _Run, phase: _Phase, epoch: int) -> tuple[torch.Tensor, in
             break
         images = images.to(run.device, non_blocking=True)
         labels = labels.to(run.device, non_blocking=True)
-        terms = stage1_loss(phase.net, images, labels, run.cfg, run.gen, use_pce, model=run.model,
-                            autocast=run.amp, every_param_in_graph=is_dist)  # fmt: skip
+        terms = stage1_loss(
+            phase.net,
+            images,
+            labels,
+            run.cfg,
+            run.gen,
+            use_pce,
+            model=run.model,
+            autocast=run.amp,
+            every_param_in_graph=is_dist,
+        )
         parts = torch.stack(list(terms.values())).detach().double().cpu()
         if not torch.isfinite(parts).all():
             names = ["total", *(k.removeprefix("loss_") for k in LOSS_TERMS[1:])]
@@ -159,8 +173,14 @@ def _epoch_metrics(run: _Run, phase: _Phase, epoch: int) -> dict[str, float]:
     sums, n_img = _train_epoch(run, phase, epoch)
     train_time = time.perf_counter() - t0
     metrics = dict(zip(LOSS_TERMS, (sums / max(n_img, 1)).tolist()))
-    metrics.update(lr=phase.sched.get_last_lr()[0], epoch_seconds=train_time, images_per_second=n_img / max(train_time, 1e-9),
-                   monitor_pseudo_miou=monitor_miou(run.model, run.monitor, run.cfg, run.device) if run.rank == 0 else float("nan"))  # fmt: skip
+    metrics.update(
+        lr=phase.sched.get_last_lr()[0],
+        epoch_seconds=train_time,
+        images_per_second=n_img / max(train_time, 1e-9),
+        monitor_pseudo_miou=monitor_miou(run.model, run.monitor, run.cfg, run.device)
+        if run.rank == 0
+        else float("nan"),
+    )
     return metrics
 
 
@@ -209,8 +229,9 @@ def train_stage1(
     progress: bool = True,
     model: PatchClassifier | None = None,
     checkpoint_meta: dict | None = None,
-    resume: Checkpoint | None = None, max_steps: int | None = None,
-) -> Stage1Result:  # fmt: skip
+    resume: Checkpoint | None = None,
+    max_steps: int | None = None,
+) -> Stage1Result:
     """Train the patch classifier on ``splits.train`` with image labels only.
 
     Each batch goes through :func:`~.objective.stage1_loss` (image BCE, equivariance of
@@ -231,13 +252,11 @@ def train_stage1(
     DistributedDataParallel and each rank sees its share of every epoch (DistributedSampler,
     ``batch_size`` per rank); losses are averaged over ranks; rank 0 alone evaluates, writes the
     checkpoint and calls ``on_epoch_end``. Every rank must pass the same ``checkpoint_path``.
-    ``max_steps`` (an execution limit, a rehearsal's): steps an epoch; None: whole epochs.
-    """
-    run = _prepare(cfg, splits, model, max_steps)
+    ``max_steps`` (a rehearsal's execution limit): steps an epoch; None: whole epochs."""
+    run, tc = _prepare(cfg, splits, model, max_steps), cfg.train
     if resume is None and checkpoint_path is not None and Path(checkpoint_path).is_file():
         resume = checkpoint.load(checkpoint_path)
     history, phase = _resume(run, resume)
-    tc = cfg.train
     bar = tqdm(range(len(history), tc.epochs), desc="stage 1", unit="epoch", disable=not progress or run.rank > 0)
     for epoch in bar:
         if phase_of(epoch, tc) != phase.name:

@@ -9,10 +9,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import write_study
 from scipy import stats
 
 from bench.cli import main
-from helpers import write_study
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +30,21 @@ def smoke_dir(tmp_path_factory):
 
 def test_report_files(smoke_dir):
     out = smoke_dir / "reports" / "smoke"
-    for f in ["report.md", "report.html", "tables/main.csv", "tables/main.tex", "tables/status.csv",
-              "tables/per_class_iou.csv", "tables/per_class_iou.tex", "plots/variants.png",
-              "plots/per_class_iou.png", "plots/training_curves.png", "plots/overlays.png",
-              "tables/protocol.csv", "tables/protocol.tex"]:  # fmt: skip
+    for f in [
+        "report.md",
+        "report.html",
+        "tables/main.csv",
+        "tables/main.tex",
+        "tables/status.csv",
+        "tables/per_class_iou.csv",
+        "tables/per_class_iou.tex",
+        "plots/variants.png",
+        "plots/per_class_iou.png",
+        "plots/training_curves.png",
+        "plots/overlays.png",
+        "tables/protocol.csv",
+        "tables/protocol.tex",
+    ]:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     md = (out / "report.md").read_text()
     assert "paired t-test" in md and "tkp-pcl vs vit-pcm" in md and "Incomplete" not in md
@@ -60,8 +71,16 @@ def test_main_table_equals_a_recomputation_from_mlflow(smoke_dir):
             assert table.loc[variant, f"{m}_mean"] == pytest.approx(v[f"metrics.{m}"].mean())
             assert table.loc[variant, f"{m}_std"] == pytest.approx(v[f"metrics.{m}"].std(ddof=1))
         assert table.loc[variant, "n"] == 3
-    a = trials[trials["tags.bench.variant"] == "tkp-pcl"].sort_values("tags.bench.seed")["metrics.pseudo_miou"].to_numpy()
-    b = trials[trials["tags.bench.variant"] == "vit-pcm"].sort_values("tags.bench.seed")["metrics.pseudo_miou"].to_numpy()
+    a = (
+        trials[trials["tags.bench.variant"] == "tkp-pcl"]
+        .sort_values("tags.bench.seed")["metrics.pseudo_miou"]
+        .to_numpy()
+    )
+    b = (
+        trials[trials["tags.bench.variant"] == "vit-pcm"]
+        .sort_values("tags.bench.seed")["metrics.pseudo_miou"]
+        .to_numpy()
+    )
     assert table.loc["tkp-pcl", "pseudo_miou_diff"] == pytest.approx(np.mean(a - b))
     assert table.loc["tkp-pcl", "pseudo_miou_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
     md = (smoke_dir / "reports/smoke/report.md").read_text()
@@ -86,11 +105,25 @@ def chromium() -> str | None:
 def test_html_renders_in_headless_chromium_with_every_image(smoke_dir, tmp_path):
     page = smoke_dir / "reports/smoke/report.html"
     dom = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     n_img = page.read_text().count("<img ")
     assert n_img >= 4
     assert 'data-images-loaded="true"' in dom, dom[:500]
@@ -126,7 +159,11 @@ def test_report_with_missing_artifacts_leaves_out_what_it_cannot_draw(smoke_dir,
     err = capsys.readouterr().err.strip().splitlines()
     assert len([line for line in err if line.startswith("bench: warning:")]) == 1
     md = (tmp_path / "none/report.md").read_text()
-    assert "> **Warning:** Missing artifacts: examples.npz" in md and "vit-pcm seeds 0, 1, 2" in md and "the figure is left out" in md
+    assert (
+        "> **Warning:** Missing artifacts: examples.npz" in md
+        and "vit-pcm seeds 0, 1, 2" in md
+        and "the figure is left out" in md
+    )
     assert not (tmp_path / "none/plots/overlays.png").exists() and "overlays.png" not in md
     for f in ("variants.png", "per_class_iou.png", "training_curves.png"):
         assert (tmp_path / "none/plots" / f).is_file() and f"plots/{f}" in md
@@ -160,9 +197,16 @@ def test_report_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys):
 
 def test_search_report_has_history_importances_and_best_trials(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    search = {"sampler": "random", "n_trials": 3, "pruner": "none", "seed": 1,
-              "space": {"train.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-                        "pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5}}}  # fmt: skip
+    search = {
+        "sampler": "random",
+        "n_trials": 3,
+        "pruner": "none",
+        "seed": 1,
+        "space": {
+            "train.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+            "pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5},
+        },
+    }
     study = write_study(tmp_path / "s.yaml", search=search)
     assert main(["run", str(study)]) == 0
     assert main(["report", str(study)]) == 0

@@ -43,5 +43,7 @@ def test_too_small_a_difference_and_degenerate_inputs_are_said_so():
 
 def test_the_clause_quotes_the_numbers_in_points():
     text = clause(3, 0.227, 0.114)
-    assert text == ("the paired differences vary with sd 11.4 points; with 3 seeds a paired t-test (α = 0.05) "
-                    "detects 37.2 points with 80% power; detecting the observed +22.7 points with 80% power takes 5 seeds")  # fmt: skip
+    assert text == (
+        "the paired differences vary with sd 11.4 points; with 3 seeds a paired t-test (α = 0.05) "
+        "detects 37.2 points with 80% power; detecting the observed +22.7 points with 80% power takes 5 seeds"
+    )

@@ -8,8 +8,16 @@ from bench.report.rehearsal import ACCELERATORS, Projection, StageRow, records, 
 
 
 def row(**kw) -> StageRow:
-    base = dict(variant="v", stage="stage 1", measured="1 step of 2", seconds_per_image=2.0, flops_per_image=1e12,
-                peak_rss=2**30, cuda_peak=None, images=36_000)  # fmt: skip
+    base = dict(
+        variant="v",
+        stage="stage 1",
+        measured="1 step of 2",
+        seconds_per_image=2.0,
+        flops_per_image=1e12,
+        peak_rss=2**30,
+        cuda_peak=None,
+        images=36_000,
+    )
     return StageRow(**{**base, **kw})
 
 

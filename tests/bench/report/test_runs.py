@@ -18,9 +18,14 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('runs')}/mlflow.db"
     tracker = Tracker(uri, "r")
     parent = tracker.open()
-    rows = [("vit-pcm", 0, 0.1, "FINISHED", 0.5), ("vit-pcm", 1, 0.1, "FINISHED", 0.7),
-            ("tkp-pcl", 0, 0.1, "FINISHED", 0.8), ("tkp-pcl", 1, 0.1, "FAILED", None),
-            ("tkp-pcl", 0, 0.3, "KILLED", None), ("tkp-pcl", 1, 0.3, "RUNNING", None)]  # fmt: skip
+    rows = [
+        ("vit-pcm", 0, 0.1, "FINISHED", 0.5),
+        ("vit-pcm", 1, 0.1, "FINISHED", 0.7),
+        ("tkp-pcl", 0, 0.1, "FINISHED", 0.8),
+        ("tkp-pcl", 1, 0.1, "FAILED", None),
+        ("tkp-pcl", 0, 0.3, "KILLED", None),
+        ("tkp-pcl", 1, 0.3, "RUNNING", None),
+    ]
     for variant, seed, k, status, value in rows:
         tags = {Tag.VARIANT: variant, Tag.SEED: seed, grid_tag("pooling.k_ratio"): k}
         if status == "KILLED":
@@ -60,12 +65,20 @@ def test_an_unknown_study_or_one_without_trials_is_a_report_error(store):
 
 
 def test_grid_points_are_read_from_the_run_tags_not_the_job_key():
-    runs = pd.DataFrame({
-        "tags.bench.job_key": ["tkp|pooling.k_ratio=0.1|seed=0", "tkp|pooling.k_ratio=0.3|seed=0", "vit-pcm|seed=0"],
-        "tags.bench.grid.pooling.k_ratio": ["0.1", "0.3", None],
-        "tags.bench.grid.loss.eq_form": ["flip", "vitpcm", None],
-    })  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "tags.bench.job_key": [
+                "tkp|pooling.k_ratio=0.1|seed=0",
+                "tkp|pooling.k_ratio=0.3|seed=0",
+                "vit-pcm|seed=0",
+            ],
+            "tags.bench.grid.pooling.k_ratio": ["0.1", "0.3", None],
+            "tags.bench.grid.loss.eq_form": ["flip", "vitpcm", None],
+        }
+    )
     assert list(run_grid_points(runs)) == [
-        {"pooling.k_ratio": "0.1", "loss.eq_form": "flip"}, {"pooling.k_ratio": "0.3", "loss.eq_form": "vitpcm"}, {},
+        {"pooling.k_ratio": "0.1", "loss.eq_form": "flip"},
+        {"pooling.k_ratio": "0.3", "loss.eq_form": "vitpcm"},
+        {},
     ]  # the key's own text is never parsed: its second run says eq_form nowhere
     assert list(run_grid_points(pd.DataFrame({"tags.bench.job_key": ["a|seed=0"]}))) == [{}]

@@ -11,8 +11,11 @@ from bench.report.statistics import paired
 
 def runs(values: dict[str, list[float]]) -> pd.DataFrame:
     """Finished runs as ``load_runs`` gives them: one row per (group, seed)."""
-    rows = [{"group": g, "variant": g, "seed": s, "state": "FINISHED", "metrics.pseudo_miou": v}
-            for g, vs in values.items() for s, v in enumerate(vs)]  # fmt: skip
+    rows = [
+        {"group": g, "variant": g, "seed": s, "state": "FINISHED", "metrics.pseudo_miou": v}
+        for g, vs in values.items()
+        for s, v in enumerate(vs)
+    ]
     return pd.DataFrame(rows)
 
 

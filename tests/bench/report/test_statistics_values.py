@@ -78,12 +78,16 @@ def test_summary_compares_each_group_to_the_baseline_at_its_grid_point():
 
 def test_summary_pairs_grid_points_with_the_same_point_of_the_baseline():
     rows = [
-        ("base k=1", "base", 0, "FINISHED", 0.40, np.nan), ("base k=1", "base", 1, "FINISHED", 0.50, np.nan),
-        ("base k=2", "base", 0, "FINISHED", 0.60, np.nan), ("base k=2", "base", 1, "FINISHED", 0.70, np.nan),
-        ("new k=1", "new", 0, "FINISHED", 0.45, np.nan), ("new k=1", "new", 1, "FINISHED", 0.53, np.nan),
-        ("new k=2", "new", 0, "FINISHED", 0.59, np.nan), ("new k=2", "new", 1, "FINISHED", 0.75, np.nan),
+        ("base k=1", "base", 0, "FINISHED", 0.40, np.nan),
+        ("base k=1", "base", 1, "FINISHED", 0.50, np.nan),
+        ("base k=2", "base", 0, "FINISHED", 0.60, np.nan),
+        ("base k=2", "base", 1, "FINISHED", 0.70, np.nan),
+        ("new k=1", "new", 0, "FINISHED", 0.45, np.nan),
+        ("new k=1", "new", 1, "FINISHED", 0.53, np.nan),
+        ("new k=2", "new", 0, "FINISHED", 0.59, np.nan),
+        ("new k=2", "new", 1, "FINISHED", 0.75, np.nan),
         ("new k=3", "new", 0, "FINISHED", 0.10, np.nan),  # no baseline at k=3
-    ]  # fmt: skip
+    ]
     s = summary(table(rows), "base")
     assert s.attrs["metrics"] == ["pseudo_miou"]  # seg never logged
     assert s.loc["new k=1", "pseudo_miou_diff"] == pytest.approx((0.05 + 0.03) / 2)
@@ -135,19 +139,24 @@ def test_bootstrap_interval_for_a_fixed_input_and_seed():
     assert c.ci_high == pytest.approx(np.percentile(means, 97.5), abs=0.004)
     assert c.p == pytest.approx(stats.ttest_rel(np.add(base, d), base).pvalue)
     # 8 pairs: bootstrap already
-    assert paired(simple({"base": base[:8], "new": list(np.add(base, d)[:8])}), "new", "base", "pseudo_miou").ci_kind == "bootstrap"
+    assert (
+        paired(simple({"base": base[:8], "new": list(np.add(base, d)[:8])}), "new", "base", "pseudo_miou").ci_kind
+        == "bootstrap"
+    )
 
 
 def test_a_re_run_seed_is_averaged_before_pairing():
     rows = [
-        ("base", "base", 0, "FINISHED", 0.50, np.nan), ("base", "base", 1, "FINISHED", 0.40, np.nan),
+        ("base", "base", 0, "FINISHED", 0.50, np.nan),
+        ("base", "base", 1, "FINISHED", 0.40, np.nan),
         ("base", "base", 2, "FINISHED", 0.60, np.nan),
-        ("new", "new", 0, "FINISHED", 0.55, np.nan), ("new", "new", 1, "FINISHED", 0.45, np.nan),
+        ("new", "new", 0, "FINISHED", 0.55, np.nan),
+        ("new", "new", 1, "FINISHED", 0.45, np.nan),
         ("new", "new", 1, "FINISHED", 0.49, np.nan),  # seed 1 run twice: (0.45 + 0.49) / 2 = 0.47
         ("new", "new", 2, "FINISHED", 0.62, np.nan),
         ("base", "base", 3, "FINISHED", 0.9, np.nan),  # no partner: not paired
         ("new", "new", 4, "FAILED", 0.1, np.nan),
-    ]  # fmt: skip
+    ]
     c = paired(table(rows), "new", "base", "pseudo_miou")
     d = [0.05, 0.07, 0.02]
     assert c.n == 3 and c.diff == pytest.approx(sum(d) / 3)

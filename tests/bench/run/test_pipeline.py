@@ -12,9 +12,16 @@ from tkp_pcl.stage1 import checkpoint
 
 
 def _checkpoint(path, meta):
-    state = {"model": {"w": torch.zeros(2)}, "optimizer": {}, "scheduler": {}, "generator": torch.zeros(3, dtype=torch.uint8),
-             "torch_rng": torch.zeros(3, dtype=torch.uint8), "history_keys": ["loss"], "history": torch.zeros(2, 1),
-             "meta": meta}  # fmt: skip
+    state = {
+        "model": {"w": torch.zeros(2)},
+        "optimizer": {},
+        "scheduler": {},
+        "generator": torch.zeros(3, dtype=torch.uint8),
+        "torch_rng": torch.zeros(3, dtype=torch.uint8),
+        "history_keys": ["loss"],
+        "history": torch.zeros(2, 1),
+        "meta": meta,
+    }
     checkpoint.save(state, path)
 
 

@@ -7,22 +7,33 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from helpers import write_study
 
 from bench.cli import main
 from bench.records import stage_of
 from bench.run.queue import confirmation_todo, search_spent
-from bench.run.splits import REPORT_IDS_FILE, TUNE_IDS_FILE, check_disjoint, concat_splits
+from bench.run.splits import REPORT_IDS_FILE, TUNE_IDS_FILE, check_disjoint, concat_splits, tune_indices
 from bench.run.splits import tune_splits as protocol_splits
-from bench.run.splits import tune_indices
 from bench.run.trial import run_tags, seed_values
-from bench.study import confirm_total, confirmation_jobs, rank_trials, search_config, trial_attrs, with_seed
+from bench.study import (
+    StudyError,
+    confirm_total,
+    confirmation_jobs,
+    load_study,
+    rank_trials,
+    search_config,
+    trial_attrs,
+    variant_config,
+    with_seed,
+)
 from bench.study.plan import protocol_rows as plan_rows
-from bench.study import StudyError, load_study, variant_config
-from helpers import write_study
 from tkp_pcl.data import load_splits
 from tkp_pcl.data.synthetic import synthetic_split
 
-SPACE = {"pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5}, "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+SPACE = {
+    "pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5},
+    "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+}
 SEARCH = {"variant": "tkp-pcl", "n_trials": 3, "seed": 7, "space": SPACE, "tune": {"count": 8}, "seeds": [0, 1]}
 CONFIRM = {"top_n": 2, "seeds": [10, 11, 12], "baseline": "vit-pcm"}
 
@@ -58,7 +69,9 @@ def test_overlap_is_one_line_naming_the_split():
     check_disjoint(["a", "b"], {"val": ["c"]})
     with pytest.raises(StudyError) as e:
         check_disjoint(["a", "b"], {"pseudo-label (report)": ["c", "b"], "val": []})
-    assert str(e.value).startswith("search.tune: 1 tune image(s) are also in the pseudo-label (report) split (e.g. 'b')")
+    assert str(e.value).startswith(
+        "search.tune: 1 tune image(s) are also in the pseudo-label (report) split (e.g. 'b')"
+    )
     assert "\n" not in str(e.value)
 
 
@@ -88,7 +101,14 @@ def test_synthetic_tune_split_is_its_own_stream(tmp_path):
 
 
 def voc_study(tmp_path, root, tune):
-    data = {"kind": "voc", "root": str(root), "train_split": "train_aug", "pseudo_split": "train", "val_split": "val", "loader_workers": 0}
+    data = {
+        "kind": "voc",
+        "root": str(root),
+        "train_split": "train_aug",
+        "pseudo_split": "train",
+        "val_split": "val",
+        "loader_workers": 0,
+    }
     return load_study(write_study(tmp_path / "voc.yaml", search=SEARCH | {"tune": tune}, confirm=CONFIRM, data=data))
 
 
@@ -119,22 +139,34 @@ def test_voc_named_tune_split_overlapping_the_report_is_refused(tmp_path, voc_ro
 # --- schema ----------------------------------------------------------------------------------
 
 BAD = [
-    ({"search": SEARCH | {"tune": {"count": 4, "fraction": 0.1}}}, "search.tune: give exactly one of fraction, count, split (got fraction, count)"),
+    (
+        {"search": SEARCH | {"tune": {"count": 4, "fraction": 0.1}}},
+        "search.tune: give exactly one of fraction, count, split (got fraction, count)",
+    ),
     ({"search": SEARCH | {"tune": {}}}, "search.tune: give exactly one of fraction, count, split (got none)"),
     ({"search": SEARCH | {"tune": {"fraction": 1.0}}}, "search.tune.fraction: Input should be less than 1"),
     ({"search": SEARCH | {"tune": {"cuont": 3}}}, "search.tune.cuont: unknown key"),
-    ({"search": SEARCH | {"tune": {"fraction": 0.2}}}, "search.tune.fraction: synthetic data draws its tune images from their own stream; give count"),
+    (
+        {"search": SEARCH | {"tune": {"fraction": 0.2}}},
+        "search.tune.fraction: synthetic data draws its tune images from their own stream; give count",
+    ),
     ({"search": SEARCH | {"tune": {"split": "val"}}}, "search.tune.split: synthetic data draws"),
     ({"search": SEARCH | {"seeds": [1, 1]}}, "search.seeds: seeds must be unique"),
     ({"search": SEARCH | {"seeds": []}}, "search.seeds: List should have at least 1 item"),
     ({"confirm": CONFIRM | {"seeds": [1]}}, "confirm.seeds: List should have at least 2 items"),
     ({"confirm": CONFIRM | {"seeds": [1, 1]}}, "confirm.seeds: seeds must be unique"),
     ({"confirm": CONFIRM | {"top_n": 0}}, "confirm.top_n: Input should be greater than or equal to 1"),
-    ({"confirm": CONFIRM | {"baseline": "ghost"}}, "confirm.baseline: 'ghost' is not a variant; variants: vit-pcm, tkp-pcl"),
+    (
+        {"confirm": CONFIRM | {"baseline": "ghost"}},
+        "confirm.baseline: 'ghost' is not a variant; variants: vit-pcm, tkp-pcl",
+    ),
     ({"confirm": {"top_n": 1, "seeds": [0, 1]}}, "confirm.baseline: Field required"),
     ({"search": SEARCH | {"tune": None}}, "confirm: needs search.tune"),
     ({"search": None}, "confirm: needs a search: block"),
-    ({"variants": {"vit-pcm": {}, "tkp-pcl": {}, "tkp-pcl-top2": {}}}, "variants.tkp-pcl-top2: the name is taken by a confirmed configuration"),
+    (
+        {"variants": {"vit-pcm": {}, "tkp-pcl": {}, "tkp-pcl-top2": {}}},
+        "variants.tkp-pcl-top2: the name is taken by a confirmed configuration",
+    ),
 ]
 
 
@@ -192,7 +224,11 @@ def test_rank_trials_breaks_ties_by_trial_number_and_drops_nan():
 def test_confirmation_jobs_top_n_and_baseline_with_each_seed(tmp_path):
     study = load_study(study_file(tmp_path))
     jobs = confirmation_jobs(study, reversed(trials()))
-    assert [j.key for j in jobs[:3]] == ["confirm|top1|trial=1|seed=10", "confirm|top2|trial=3|seed=10", "confirm|vit-pcm|seed=10"]
+    assert [j.key for j in jobs[:3]] == [
+        "confirm|top1|trial=1|seed=10",
+        "confirm|top2|trial=3|seed=10",
+        "confirm|vit-pcm|seed=10",
+    ]
     assert len(jobs) == 9 and len({j.key for j in jobs}) == 9
     by_key = {j.key: j for j in jobs}
     top1 = by_key["confirm|top1|trial=1|seed=12"]
@@ -218,23 +254,30 @@ def test_confirmation_with_fewer_finished_trials_than_top_n(tmp_path):
 
 # --- stages, for the runner ------------------------------------------------------------------
 
-DIST = {"pooling.k_ratio": optuna.distributions.FloatDistribution(0.01, 1.0),
-        "train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}  # fmt: skip
+DIST = {
+    "pooling.k_ratio": optuna.distributions.FloatDistribution(0.01, 1.0),
+    "train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+}
 S = optuna.trial.TrialState
 
 
 def frozen(number, state, value=None, key=None, k=0.1, **attrs):
     t = optuna.trial.create_trial(
-        state=state, value=value, params={"pooling.k_ratio": k, "train.lr": 1e-3}, distributions=DIST,
+        state=state,
+        value=value,
+        params={"pooling.k_ratio": k, "train.lr": 1e-3},
+        distributions=DIST,
         user_attrs=({"job_key": key or f"search|trial={number}"} | attrs),
-    )  # fmt: skip
+    )
     t.number = number
     return t
 
 
 def test_stage_of_job_keys():
-    assert [stage_of(k) for k in (None, "search|trial=3", "confirm|top1|trial=3|seed=0", "confirm|vit-pcm|seed=1", "tkp|seed=0")] == [
-        "search", "search", "confirm", "confirm", "grid"]  # fmt: skip
+    assert [
+        stage_of(k)
+        for k in (None, "search|trial=3", "confirm|top1|trial=3|seed=0", "confirm|vit-pcm|seed=1", "tkp|seed=0")
+    ] == ["search", "search", "confirm", "confirm", "grid"]
 
 
 def test_confirmation_is_due_once_the_search_is_spent_and_idle(tmp_path):
@@ -250,14 +293,21 @@ def test_confirmation_is_due_once_the_search_is_spent_and_idle(tmp_path):
     todo = confirmation_todo(study, spent)
     assert len(todo) == 9 and todo[0].key == "confirm|top1|trial=3|seed=10"
     # enqueued (waiting) and done ones are not enqueued again; a failed one only when retrying (once per bench run)
-    enq = [frozen(10 + i, S.WAITING if i else S.FAIL, key=j.key, **{"confirm_of": j.confirm_of}) for i, j in enumerate(todo[:3])]
+    enq = [
+        frozen(10 + i, S.WAITING if i else S.FAIL, key=j.key, **{"confirm_of": j.confirm_of})
+        for i, j in enumerate(todo[:3])
+    ]
     assert [j.key for j in confirmation_todo(study, spent + enq)] == [j.key for j in todo[3:]]
-    assert [j.key for j in confirmation_todo(study, spent + enq, retry_failed=True)] == [todo[0].key] + [j.key for j in todo[3:]]
+    assert [j.key for j in confirmation_todo(study, spent + enq, retry_failed=True)] == [todo[0].key] + [
+        j.key for j in todo[3:]
+    ]
     # a search extended after its confirmation would confirm other trials: refused
     better = spent + enq + [frozen(20, S.COMPLETE, 0.9, k=0.9), frozen(21, S.COMPLETE, 0.8, k=0.8)]
     with pytest.raises(StudyError, match=r"^confirm: the study confirmed search trial 3 .* no longer in the top 2"):
         confirmation_todo(study, better)
-    assert confirmation_todo(study, [frozen(i, S.PRUNED) for i in range(3)]) == []  # nothing finished: nothing to confirm
+    assert (
+        confirmation_todo(study, [frozen(i, S.PRUNED) for i in range(3)]) == []
+    )  # nothing finished: nothing to confirm
     assert confirmation_todo(load_study(study_file(tmp_path, confirm=None)), spent) is None
 
 
@@ -270,25 +320,44 @@ def test_confirm_attrs_and_tags(tmp_path):
     ctx = SimpleNamespace(study=study)
     tags = run_tags(ctx, SimpleNamespace(number=3), top)
     assert {k: tags[k] for k in tags if "stage" in k or "confirm" in k} == {
-        "bench.stage": "confirm", "bench.confirm_of": 1, "bench.confirm_rank": 1}
+        "bench.stage": "confirm",
+        "bench.confirm_of": 1,
+        "bench.confirm_rank": 1,
+    }
     tags = run_tags(ctx, SimpleNamespace(number=4), base)
-    assert tags["bench.stage"] == "confirm" and "bench.confirm_of" not in tags and "confirm_of" not in trial_attrs(base, study)
+    assert (
+        tags["bench.stage"] == "confirm"
+        and "bench.confirm_of" not in tags
+        and "confirm_of" not in trial_attrs(base, study)
+    )
 
 
 def test_seed_values_mean_and_per_seed():
-    per = {0: {"pseudo_miou": 0.4, "pseudo_miou_crf": 0.5, "train_seconds": 10.0},
-           1: {"pseudo_miou": 0.6, "pseudo_miou_crf": 0.7, "train_seconds": 12.0}}  # fmt: skip
+    per = {
+        0: {"pseudo_miou": 0.4, "pseudo_miou_crf": 0.5, "train_seconds": 10.0},
+        1: {"pseudo_miou": 0.6, "pseudo_miou_crf": 0.7, "train_seconds": 12.0},
+    }
     out = seed_values(per, "pseudo_miou", "tune_")
-    assert out == pytest.approx({"tune_pseudo_miou": 0.5, "tune_pseudo_miou_crf": 0.6, "tune_train_seconds": 11.0,
-                                 "tune_pseudo_miou_seed0": 0.4, "tune_pseudo_miou_seed1": 0.6,
-                                 "tune_pseudo_miou_crf_seed0": 0.5, "tune_pseudo_miou_crf_seed1": 0.7})  # fmt: skip
+    assert out == pytest.approx(
+        {
+            "tune_pseudo_miou": 0.5,
+            "tune_pseudo_miou_crf": 0.6,
+            "tune_train_seconds": 11.0,
+            "tune_pseudo_miou_seed0": 0.4,
+            "tune_pseudo_miou_seed1": 0.6,
+            "tune_pseudo_miou_crf_seed0": 0.5,
+            "tune_pseudo_miou_crf_seed1": 0.7,
+        }
+    )
     assert seed_values({3: per[0]}, "pseudo_miou", "") == per[0]  # one seed, no tune split: as before
 
 
 def test_plan_rows_name_the_tune_split_and_the_confirmation(tmp_path):
     rows = dict(plan_rows(load_study(study_file(tmp_path))))
     assert rows["tune split"] == "8 scenes of the synthetic 'tune' stream" and rows["search seeds"].startswith("0, 1")
-    assert rows["then: confirm"].startswith("9 runs after the search: tkp-pcl-top1..top2 and vit-pcm x seeds 10, 11, 12")
+    assert rows["then: confirm"].startswith(
+        "9 runs after the search: tkp-pcl-top1..top2 and vit-pcm x seeds 10, 11, 12"
+    )
     assert "confirm" not in " ".join(dict(plan_rows(load_study(study_file(tmp_path, confirm=None)))))
 
 

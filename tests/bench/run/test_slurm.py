@@ -21,8 +21,18 @@ from bench.study import load_study
 PG = "postgresql://u@db/bench"
 
 
-@pytest.mark.parametrize(("value", "minutes"), [("30", 30), ("10:30", 11), ("01:00:00", 60), ("00:00:30", 1),
-                                                ("1-0", 1440), ("1-02:30", 1590), ("2-00:00:01", 2881)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "minutes"),
+    [
+        ("30", 30),
+        ("10:30", 11),
+        ("01:00:00", 60),
+        ("00:00:30", 1),
+        ("1-0", 1440),
+        ("1-02:30", 1590),
+        ("2-00:00:01", 2881),
+    ],
+)
 def test_time_limits_in_minutes(value, minutes):
     assert time_minutes(value) == minutes
 
@@ -59,11 +69,18 @@ def test_bad_requests(tmp_path, workers, items, message):
         slurm_request(study, workers, {}, items)
 
 
-@pytest.mark.parametrize(("storage", "uri", "ok"), [
-    (PG, "http://mlflow:5000", True), (PG, "postgresql://u@db/mlflow", True),
-    ("journal:.bench/optuna.journal", "http://mlflow:5000", False), ("sqlite:///o.db", "http://m:5000", False),
-    (PG, "sqlite:///mlflow.db", False), (PG, "mlruns", False), (PG, "file:///tmp/mlruns", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("storage", "uri", "ok"),
+    [
+        (PG, "http://mlflow:5000", True),
+        (PG, "postgresql://u@db/mlflow", True),
+        ("journal:.bench/optuna.journal", "http://mlflow:5000", False),
+        ("sqlite:///o.db", "http://m:5000", False),
+        (PG, "sqlite:///mlflow.db", False),
+        (PG, "mlruns", False),
+        (PG, "file:///tmp/mlruns", False),
+    ],
+)
 def test_shared_stores(storage, uri, ok):
     check_stores(storage, uri, local_ok=True)
     if ok:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from helpers import enqueued, write_study
 
 from bench.stores import Tracker, TrackingStoreError, claim_waiting_trial
 from bench.study import load_study, stored_config
-from helpers import enqueued, write_study
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,9 @@ def test_lifecycle_fails_a_trial_that_raises_and_reraises_a_store_failure(lifecy
     with TrialLifecycle(lifecycle_ctx, trial, spec) as life:
         raise ValueError("boom")
     run = lifecycle_ctx.tracker.client.get_run(life.run_id)
-    assert life.state.name == "FAIL" and run.info.status == "FAILED" and run.data.tags["bench.error"] == "ValueError: boom"
+    assert (
+        life.state.name == "FAIL" and run.info.status == "FAILED" and run.data.tags["bench.error"] == "ValueError: boom"
+    )
     trial, spec = _claim(lifecycle_ctx)
     with pytest.raises(TrackingStoreError) as e:
         with TrialLifecycle(lifecycle_ctx, trial, spec):

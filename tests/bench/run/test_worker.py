@@ -8,6 +8,7 @@ import socket
 
 import optuna
 import pytest
+from helpers import write_study
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
@@ -17,10 +18,15 @@ from bench.run import queue
 from bench.run.startup import StudyHandle, make_pruner, make_sampler
 from bench.stores import Tracker, open_storage
 from bench.study import load_study
-from helpers import write_study
 
-SEARCH = {"variant": "tkp-pcl", "sampler": "random", "n_trials": 3, "seed": 1, "tune": {"count": 4},
-          "space": {"pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5}}}  # fmt: skip
+SEARCH = {
+    "variant": "tkp-pcl",
+    "sampler": "random",
+    "n_trials": 3,
+    "seed": 1,
+    "tune": {"count": 4},
+    "space": {"pooling.k_ratio": {"type": "float", "low": 0.05, "high": 0.5}},
+}
 CONFIRM = {"top_n": 1, "seeds": [10, 11], "baseline": "vit-pcm"}
 
 
@@ -34,7 +40,9 @@ def handle(tmp_path, mlflow_db, **top) -> StudyHandle:
     study = load_study(write_study(tmp_path / "s.yaml", seeds=[0, 1], name=tmp_path.name, **top))
     url = f"journal:{tmp_path}/optuna.journal"
     storage = open_storage(url)
-    st = optuna.create_study(study_name=study.name, storage=storage, sampler=make_sampler(study), pruner=make_pruner(study))
+    st = optuna.create_study(
+        study_name=study.name, storage=storage, sampler=make_sampler(study), pruner=make_pruner(study)
+    )
     tracker = Tracker(mlflow_db, study.name)
     return StudyHandle(study, "s.yaml", url, storage, st, tracker, tmp_path / ".bench", splits=None)
 
@@ -66,8 +74,12 @@ def test_work_closes_a_dead_workers_trial_and_its_run(tmp_path, mlflow_db, insta
     queue.prepare(h)
     trial = queue.next_trial(h)  # claimed by a worker that then dies
     run_id = h.tracker.start_trial(h.tracker.open(), "dead", {}, {})
-    for k, v in {Attr.WORKER_HOST: socket.gethostname(), Attr.WORKER_PID: str(2**22 + os.getpid()),
-                 Attr.WORKER_START: "1", Attr.MLFLOW_RUN_ID: run_id}.items():  # fmt: skip
+    for k, v in {
+        Attr.WORKER_HOST: socket.gethostname(),
+        Attr.WORKER_PID: str(2**22 + os.getpid()),
+        Attr.WORKER_START: "1",
+        Attr.MLFLOW_RUN_ID: run_id,
+    }.items():
         trial.set_user_attr(k, v)
     assert worker.work(h) == {"COMPLETE": 3}
     assert h.optuna_study.trials[trial.number].state == TrialState.FAIL
@@ -78,10 +90,12 @@ def test_work_closes_a_dead_workers_trial_and_its_run(tmp_path, mlflow_db, insta
 
 def _search_trial(h, number: int, state: TrialState, value: float | None = None) -> None:
     t = optuna.trial.create_trial(
-        state=state, value=value, params={"pooling.k_ratio": 0.1 + 0.1 * number},
+        state=state,
+        value=value,
+        params={"pooling.k_ratio": 0.1 + 0.1 * number},
         distributions={"pooling.k_ratio": FloatDistribution(0.05, 0.5)},
         user_attrs={Attr.JOB_KEY: f"search|trial={number}", Attr.VARIANT: "tkp-pcl"},
-    )  # fmt: skip
+    )
     h.optuna_study.add_trial(t)
 
 
@@ -96,8 +110,12 @@ def test_the_confirmation_is_enqueued_once_after_the_search(tmp_path, mlflow_db)
     assert queue.enqueue_confirmation(h) == 4 and queue.enqueue_confirmation(h) == 0
     waiting = h.trials(states=(TrialState.WAITING,))
     keys = [t.user_attrs[Attr.JOB_KEY] for t in waiting]
-    assert keys == ["confirm|top1|trial=1|seed=10", "confirm|vit-pcm|seed=10", "confirm|top1|trial=1|seed=11",
-                    "confirm|vit-pcm|seed=11"]  # fmt: skip
+    assert keys == [
+        "confirm|top1|trial=1|seed=10",
+        "confirm|vit-pcm|seed=10",
+        "confirm|top1|trial=1|seed=11",
+        "confirm|vit-pcm|seed=11",
+    ]
     assert {stage_of(k) for k in keys} == {"confirm"} and queue.total(h) == 3 + 4
     assert all(t.user_attrs[Attr.CONFIG] and t.user_attrs[Attr.DATA] for t in waiting)
 
@@ -130,9 +148,13 @@ def test_a_storage_that_lost_finished_trials_is_refused_before_anything_is_enque
     h.tracker.end(run, "FINISHED")  # its trial's COMPLETE record is what the journal lost
     with pytest.raises(StudyError) as e:
         queue.prepare(h)
-    assert str(e.value).startswith(f"the Optuna storage {h.storage_url} lost the results of 1 finished trial(s) of study "
-                                   f"{h.study.name!r} ({key}: FINISHED in MLflow")  # fmt: skip
-    assert str(e.value).endswith("restore the storage (journal) from a backup, or rename the study to run it again from scratch")
+    assert str(e.value).startswith(
+        f"the Optuna storage {h.storage_url} lost the results of 1 finished trial(s) of study "
+        f"{h.study.name!r} ({key}: FINISHED in MLflow"
+    )
+    assert str(e.value).endswith(
+        "restore the storage (journal) from a backup, or rename the study to run it again from scratch"
+    )
     assert h.trials() == []  # nothing enqueued
 
 

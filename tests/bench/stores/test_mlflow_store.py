@@ -21,7 +21,10 @@ def test_tracker_opens_one_parent_run_and_tags_the_experiment_kind(tmp_path, mon
     assert first.runs_url("http://127.0.0.1:5000/") == f"http://127.0.0.1:5000/#/experiments/{first.experiment_id}/runs"
     assert Tracker(uri, "s").experiment_id == first.experiment_id
     described = Tracker(uri, "d", "max pooling against top-K pooling")
-    assert described.client.get_experiment(described.experiment_id).tags["mlflow.note.content"] == "max pooling against top-K pooling"
+    assert (
+        described.client.get_experiment(described.experiment_id).tags["mlflow.note.content"]
+        == "max pooling against top-K pooling"
+    )
 
 
 def test_a_failing_store_is_one_tracking_store_error(tmp_path):
@@ -84,8 +87,10 @@ def test_a_store_failing_while_a_trial_error_is_recorded_names_the_trial_error_f
             Store().set_tags()
     assert e.value.detail == "OperationalError: database or disk is full"  # the store's own cause
     assert e.value.first is trial_error
-    assert str(e.value) == ("OSError: [Errno 28] No space left on device; then, recording it, "
-                            "MLflow store sqlite:///x.db failed: OperationalError: database or disk is full")  # fmt: skip
+    assert str(e.value) == (
+        "OSError: [Errno 28] No space left on device; then, recording it, "
+        "MLflow store sqlite:///x.db failed: OperationalError: database or disk is full"
+    )
     with pytest.raises(TrackingStoreError) as e:  # outside any handler: the store's error alone
         Store().set_tags()
     assert str(e.value) == "MLflow store sqlite:///x.db failed: OperationalError: database or disk is full"
@@ -116,7 +121,9 @@ def test_a_half_created_store_without_runs_is_moved_aside_with_a_warning_and_cre
     aside = list(tmp_path.glob("mlflow.db.half-created-*"))
     err = capsys.readouterr().err
     assert len(aside) == 1 and err.count("\n") == 1
-    assert err.startswith(f"bench: warning: MLflow store {db} was left half-migrated (table _alembic_tmp_endpoints) and holds no runs; moved it to {aside[0]}")
+    assert err.startswith(
+        f"bench: warning: MLflow store {db} was left half-migrated (table _alembic_tmp_endpoints) and holds no runs; moved it to {aside[0]}"
+    )
     assert Tracker(f"sqlite:///{db}", "s").open() == t.open() and capsys.readouterr().err == ""
 
 
@@ -126,8 +133,10 @@ def test_a_half_created_store_that_holds_runs_is_refused_in_one_line(tmp_path):
     with pytest.raises(TrackingStoreError) as e:
         Tracker(f"sqlite:///{db}", "s").open()
     assert e.value.exit_code == 2 and "\n" not in str(e.value)
-    assert str(e.value).startswith(f"MLflow store sqlite:///{db} failed: the store was left half-migrated (table "
-                                   "_alembic_tmp_endpoints) and holds 1 run(s), so it is left as it is")  # fmt: skip
+    assert str(e.value).startswith(
+        f"MLflow store sqlite:///{db} failed: the store was left half-migrated (table "
+        "_alembic_tmp_endpoints) and holds 1 run(s), so it is left as it is"
+    )
     assert not list(tmp_path.glob("mlflow.db.half-created-*"))
 
 
@@ -150,8 +159,16 @@ def test_a_store_whose_creation_fails_leaves_no_half_migrated_file_and_is_create
     from helpers import ROOT
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = subprocess.run([sys.executable, "-c", CREATE_SCRIPT, uri], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
-    assert out.stdout.startswith(f"MLflow store {uri} failed: ") and out.stdout.count("\n") == 1, out.stdout + out.stderr
+    out = subprocess.run(
+        [sys.executable, "-c", CREATE_SCRIPT, uri],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert out.stdout.startswith(f"MLflow store {uri} failed: ") and out.stdout.count("\n") == 1, (
+        out.stdout + out.stderr
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db.lock"]  # nothing half-made
     assert Tracker(uri, "s").open()

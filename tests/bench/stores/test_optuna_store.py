@@ -4,12 +4,12 @@ import time
 
 import optuna
 import pytest
+from helpers import enqueued, write_study
 from optuna.trial import TrialState
 
 from bench.stores import claim_waiting_trial, fail_dead_trials, heartbeat, open_storage
 from bench.stores.optuna_store import rdb_with_heartbeat
 from bench.study import load_study
-from helpers import enqueued, write_study
 
 
 @pytest.fixture
@@ -34,7 +34,11 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_the_live_and_finished_ones_ar
         failed = fail_dead_trials(st, storage)
         assert [t.number for t in failed] == [dead.number]
         states = {t.number: t.state for t in st.get_trials()}
-        assert states == {alive.number: TrialState.RUNNING, dead.number: TrialState.FAIL, done.number: TrialState.COMPLETE}
+        assert states == {
+            alive.number: TrialState.RUNNING,
+            dead.number: TrialState.FAIL,
+            done.number: TrialState.COMPLETE,
+        }
     assert fail_dead_trials(st, storage) == []  # reported once
 
 
@@ -79,12 +83,16 @@ def test_a_write_that_does_not_fit_is_rolled_back_and_is_one_error_naming_the_jo
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old)
     msg = str(e.value)
-    assert msg.startswith(f"Optuna journal {path}: writing failed ([Errno 27] File too large); the journal was rolled back")
+    assert msg.startswith(
+        f"Optuna journal {path}: writing failed ([Errno 27] File too large); the journal was rolled back"
+    )
     assert "\n" not in msg and e.value.exit_code == 1
     assert path.stat().st_size == size and path.read_bytes().endswith(b"\n")
     again = optuna.load_study(study_name="s", storage=open_storage(url))
     again.enqueue_trial({}, user_attrs={"job_key": "c"})
-    assert [t.user_attrs["job_key"] for t in optuna.load_study(study_name="s", storage=open_storage(url)).get_trials()] == ["a", "c"]
+    assert [
+        t.user_attrs["job_key"] for t in optuna.load_study(study_name="s", storage=open_storage(url)).get_trials()
+    ] == ["a", "c"]
 
 
 def test_a_record_cut_short_is_moved_aside_once_with_a_warning_and_the_study_goes_on(tmp_path, capsys):
@@ -95,7 +103,11 @@ def test_a_record_cut_short_is_moved_aside_once_with_a_warning_and_the_study_goe
     err = capsys.readouterr().err
     aside = list(tmp_path.glob("j.journal.torn-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == b'{"op_code":8,"worker_'
-    assert err.count("\n") == 1 and f"Optuna journal {path} ended in a record cut short (21 bytes" in err and str(aside[0]) in err
+    assert (
+        err.count("\n") == 1
+        and f"Optuna journal {path} ended in a record cut short (21 bytes" in err
+        and str(aside[0]) in err
+    )
     assert path.read_bytes() == whole
     st.enqueue_trial({}, user_attrs={"job_key": "b"})  # Optuna alone would glue this record to the cut one
     assert len(optuna.load_study(study_name="s", storage=open_storage(url)).get_trials()) == 2
@@ -110,8 +122,10 @@ def test_a_damaged_line_is_one_error_naming_the_journal_and_the_line(tmp_path):
     path.write_bytes(lines[0] + b'{"op_code":4,"wor{"op_code":8}\n' + b"".join(lines[1:]))
     with pytest.raises(StudyStoreError) as e:
         open_storage(url)
-    assert str(e.value) == (f"Optuna journal {path}: line 2 is not a journal record (the file was damaged); restore the "
-                            "journal from a backup, or move it aside to start the study again")  # fmt: skip
+    assert str(e.value) == (
+        f"Optuna journal {path}: line 2 is not a journal record (the file was damaged); restore the "
+        "journal from a backup, or move it aside to start the study again"
+    )
     assert e.value.exit_code == 2
 
 

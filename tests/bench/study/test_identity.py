@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from bench.study import config_hash, first_difference, load_study, stored_config, study_jobs
 from helpers import enqueued, write_study
+
+from bench.study import config_hash, first_difference, load_study, stored_config, study_jobs
 from tkp_pcl.config import EXECUTION_KEYS, MethodConfig, with_execution
 
 
 def test_hash_ignores_execution_settings_but_not_the_method():
     cfg = MethodConfig()
-    fast = MethodConfig.model_validate({"train": {"device": "cuda", "amp": True, "compile": True, "num_threads": 3},
-                                        "segment": {"amp": True, "channels_last": True, "compile": True},
-                                        "pseudo": {"workers": 7}})  # fmt: skip
+    fast = MethodConfig.model_validate(
+        {
+            "train": {"device": "cuda", "amp": True, "compile": True, "num_threads": 3},
+            "segment": {"amp": True, "channels_last": True, "compile": True},
+            "pseudo": {"workers": 7},
+        }
+    )
     assert config_hash(cfg) == config_hash(fast) and first_difference(cfg, fast) is None
     other = MethodConfig.model_validate({"train": {"lr": 0.5}})
     assert config_hash(other) != config_hash(cfg)

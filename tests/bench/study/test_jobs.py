@@ -1,9 +1,9 @@
 """The jobs a study defines (pure, no training)."""
 
 import pytest
+from helpers import smoke_dict
 
 from bench.study import Study, StudyError, merge, study_jobs
-from helpers import smoke_dict
 
 
 def make_study(**changes) -> Study:
@@ -24,7 +24,9 @@ def test_jobs_are_variants_x_grid_x_seeds_in_a_stable_order():
     for j in jobs:
         assert j.config.train.seed == j.seed  # the seed is applied to the configuration
         grid = dict(j.grid)
-        assert j.config.pooling.k_ratio == grid["pooling.k_ratio"] and j.config.loss.pce_weight == grid["loss.pce_weight"]
+        assert (
+            j.config.pooling.k_ratio == grid["pooling.k_ratio"] and j.config.loss.pce_weight == grid["loss.pce_weight"]
+        )
         assert j.config.pooling.kind == ("max" if j.variant == "vit-pcm" else "topk")  # the variant's override
         assert j.config.train.epochs == 2  # from base
     assert len({j.config_hash for j in jobs}) == len(jobs)

@@ -1,14 +1,20 @@
 """Malformed study files: exit 2, one line naming the YAML path, nothing written."""
 
 import pytest
+from helpers import SMOKE, write_study
 
 from bench.cli import main
-from helpers import SMOKE, write_study
 
 CASES = [
     ({"variantz": {}}, "variantz: unknown key"),
-    ({"variants.tkp-pcl": {"pooling.k_ratio": 1.5}}, "variants.tkp-pcl.pooling.k_ratio: Input should be less than or equal to 1 (got 1.5)"),
-    ({"variants.tkp-pcl": {"pooling.k_rato": 0.1}}, "variants.tkp-pcl.pooling.k_rato: unknown key; allowed: k, k_ratio, kind, lse_r"),
+    (
+        {"variants.tkp-pcl": {"pooling.k_ratio": 1.5}},
+        "variants.tkp-pcl.pooling.k_ratio: Input should be less than or equal to 1 (got 1.5)",
+    ),
+    (
+        {"variants.tkp-pcl": {"pooling.k_rato": 0.1}},
+        "variants.tkp-pcl.pooling.k_rato: unknown key; allowed: k, k_ratio, kind, lse_r",
+    ),
     ({"base.pooling.kind": "median"}, "base.pooling.kind: Input should be 'max', 'topk', 'mean' or 'lse'"),
     ({"base.train.epochs": 0}, "base.train.epochs: Input should be greater than or equal to 1"),
     ({"base.train.lr": "fast"}, "base.train.lr: Input should be a valid number"),
@@ -18,31 +24,70 @@ CASES = [
     ({"grid": {"pooling.k_ratio": [0.1, 0]}}, "grid.pooling.k_ratio: Input should be greater than 0"),
     ({"data.kind": "imagenet"}, "data: Input tag 'imagenet' found using 'kind' does not match"),
     ({"data.n_train": -3}, "data.n_train: Input should be greater than or equal to 1"),
-    ({"base.model.embed_dim": 100, "base.model.num_heads": 3}, "base.model: embed_dim (100) must be divisible by num_heads (3)"),
+    (
+        {"base.model.embed_dim": 100, "base.model.num_heads": 3},
+        "base.model: embed_dim (100) must be divisible by num_heads (3)",
+    ),
     ({"name": "a b/c"}, "name: must be letters"),
     ({"variants": {}}, "variants: Dictionary should have at least 1 item"),
-    ({"search": {"space": {"pooling.k_ratio": {"type": "float", "low": 0.5, "high": 0.1}}}}, "search.space.pooling.k_ratio"),
+    (
+        {"search": {"space": {"pooling.k_ratio": {"type": "float", "low": 0.5, "high": 0.1}}}},
+        "search.space.pooling.k_ratio",
+    ),
     ({"search": {"space": {"pooling.nope": {"type": "float", "low": 0.1, "high": 0.5}}}}, "search.space.pooling.nope"),
-    ({"search": {"variant": "ghost", "space": {"pooling.k_ratio": {"type": "float", "low": 0.1, "high": 0.5}}}}, "search.variant: 'ghost' is not a variant"),
+    (
+        {"search": {"variant": "ghost", "space": {"pooling.k_ratio": {"type": "float", "low": 0.1, "high": 0.5}}}},
+        "search.variant: 'ghost' is not a variant",
+    ),
     # non-finite numbers: JSON (a stored configuration) has neither inf nor nan
     ({"base.train.lr": float("inf")}, "base.train.lr: Input should be a finite number (got inf)"),
     ({"base.train.lr": float("nan")}, "base.train.lr: Input should be a finite number (got nan)"),
-    ({"variants.tkp-pcl": {"loss.pce_weight": float("inf")}}, "variants.tkp-pcl.loss.pce_weight: Input should be a finite number (got inf)"),
-    ({"base.segment.eval_scales": [1.0, float("inf")]}, "base.segment.eval_scales.1: Input should be a finite number (got inf)"),
+    (
+        {"variants.tkp-pcl": {"loss.pce_weight": float("inf")}},
+        "variants.tkp-pcl.loss.pce_weight: Input should be a finite number (got inf)",
+    ),
+    (
+        {"base.segment.eval_scales": [1.0, float("inf")]},
+        "base.segment.eval_scales.1: Input should be a finite number (got inf)",
+    ),
     ({"data.max_size": float("inf")}, "data.max_size: Input should be a finite number (got inf)"),
     ({"grid": {"train.lr": [0.1, float("-inf")]}}, "grid.train.lr: Input should be a finite number (got -inf)"),
-    ({"search": {"space": {"train.lr": {"type": "float", "low": 0.001, "high": float("inf")}}}}, "search.space.train.lr.high: Input should be a finite number (got inf)"),
-    ({"search": {"space": {"train.lr": {"type": "categorical", "choices": [0.1, float("nan")]}}}}, "search.space.train.lr: Input should be a finite number (got nan)"),
-    ({"search": {"space": {"pooling.k_ratio": {"type": "float", "low": 0.5, "high": 1.5}}}}, "search.space.pooling.k_ratio: Input should be less than or equal to 1 (got 1.5)"),
+    (
+        {"search": {"space": {"train.lr": {"type": "float", "low": 0.001, "high": float("inf")}}}},
+        "search.space.train.lr.high: Input should be a finite number (got inf)",
+    ),
+    (
+        {"search": {"space": {"train.lr": {"type": "categorical", "choices": [0.1, float("nan")]}}}},
+        "search.space.train.lr: Input should be a finite number (got nan)",
+    ),
+    (
+        {"search": {"space": {"pooling.k_ratio": {"type": "float", "low": 0.5, "high": 1.5}}}},
+        "search.space.pooling.k_ratio: Input should be less than or equal to 1 (got 1.5)",
+    ),
     # seeds: what torch's and numpy's generators take (0 <= seed < 2**32)
-    ({"seeds": [100000000000000000000]}, "seeds.0: Input should be less than or equal to 4294967295 (got 100000000000000000000)"),
+    (
+        {"seeds": [100000000000000000000]},
+        "seeds.0: Input should be less than or equal to 4294967295 (got 100000000000000000000)",
+    ),
     ({"data.seed": -1}, "data.seed: Input should be greater than or equal to 0 (got -1)"),
     ({"base.train.seed": 2**32}, "base.train.seed: Input should be less than or equal to 4294967295"),
-    ({"search": {"seed": 2**32, "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1}}}}, "search.seed: Input should be less than or equal to 4294967295"),
-    ({"search": {"seeds": [0, 2**64], "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1}}}}, "search.seeds.1: Input should be less than or equal to 4294967295"),
-    ({"confirm": {"seeds": [0, -5], "baseline": "vit-pcm"}}, "confirm.seeds.1: Input should be greater than or equal to 0"),
+    (
+        {"search": {"seed": 2**32, "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1}}}},
+        "search.seed: Input should be less than or equal to 4294967295",
+    ),
+    (
+        {"search": {"seeds": [0, 2**64], "space": {"train.lr": {"type": "float", "low": 0.001, "high": 0.1}}}},
+        "search.seeds.1: Input should be less than or equal to 4294967295",
+    ),
+    (
+        {"confirm": {"seeds": [0, -5], "baseline": "vit-pcm"}},
+        "confirm.seeds.1: Input should be greater than or equal to 0",
+    ),
     # epochs: a plausible bound, not a run that never ends
-    ({"base.train.epochs": 1e12}, "base.train.epochs: Input should be less than or equal to 10000 (got 1000000000000.0)"),
+    (
+        {"base.train.epochs": 1e12},
+        "base.train.epochs: Input should be less than or equal to 10000 (got 1000000000000.0)",
+    ),
     ({"base.segment.epochs": 20000}, "base.segment.epochs: Input should be less than or equal to 10000 (got 20000)"),
 ]
 
@@ -126,7 +171,10 @@ def test_stored_configurations_read_back_equal():
 
 def test_voc2012_study_without_the_data_names_the_missing_path(tmp_path, monkeypatch, capsys):
     err = run_bad(tmp_path, monkeypatch, capsys, SMOKE.parent / "voc2012.yaml")
-    assert "voc2012.yaml: data.root: VOC root data/VOCdevkit/VOC2012 does not exist" in err and "VOCtrainval_11-May-2012.tar" in err
+    assert (
+        "voc2012.yaml: data.root: VOC root data/VOCdevkit/VOC2012 does not exist" in err
+        and "VOCtrainval_11-May-2012.tar" in err
+    )
 
 
 # --- files that used to escape the one-line rule, run as a user would ---
@@ -144,28 +192,52 @@ def _yaml(changes: dict) -> bytes:
 
 BAD_FILES = {
     "binary": (bytes(range(256)) * 4, "a binary file, not YAML text"),
-    "latin1": (SMOKE_TEXT.replace("description: ViT-PCM", "description: café ViT-PCM").encode("latin-1"),
-               ":4: not UTF-8 text (byte 0xe9 at offset"),  # fmt: skip
+    "latin1": (
+        SMOKE_TEXT.replace("description: ViT-PCM", "description: café ViT-PCM").encode("latin-1"),
+        ":4: not UTF-8 text (byte 0xe9 at offset",
+    ),
     "duplicate_seeds": ((SMOKE_TEXT + "seeds: [1, 2]\n").encode(), ": seeds: duplicate key (lines 25 and 26)"),
     "duplicate_name": ((SMOKE_TEXT + "name: other\n").encode(), ": name: duplicate key (lines 3 and 26)"),
-    "duplicate_nested": (SMOKE_TEXT.replace("  seed: 0\n", "  seed: 0\n  seed: 1\n").encode(), ": data.seed: duplicate key (lines 7 and 8)"),
-    "optuna_storage": ((SMOKE_TEXT + "tracking: {optuna_storage: 'bogus://x'}\n").encode(),
-                       ": tracking.optuna_storage: unknown Optuna storage scheme 'bogus:'"),  # fmt: skip
-    "mlflow_uri": ((SMOKE_TEXT + "tracking: {mlflow_uri: 'bogus://x'}\n").encode(),
-                   ": tracking.mlflow_uri: MLflow has no tracking store for scheme 'bogus:'"),  # fmt: skip
-    "voc_root": (_yaml({"data": {"kind": "voc", "root": "no/VOC2012"}}), ": data.root: VOC root no/VOC2012 does not exist; download"),
-    "search_path": (_yaml({"search": {"space": {"train.bogus": {"type": "float", "low": 0.1, "high": 0.5}}}}),
-                    ": search.space.train.bogus: unknown key; allowed: "),  # fmt: skip
-    "lr_inf": (SMOKE_TEXT.replace("lr: 0.002, monitor", "lr: .inf, monitor").encode(),
-               ": base.train.lr: Input should be a finite number (got inf)"),  # fmt: skip
-    "pce_weight_nan": (SMOKE_TEXT.replace("loss.pce_weight: 0.0}", "loss.pce_weight: .nan}").encode(),
-                       ": variants.vit-pcm.loss.pce_weight: Input should be a finite number (got nan)"),  # fmt: skip
-    "seed_overflow": (SMOKE_TEXT.replace("seeds: [0]", "seeds: [100000000000000000000]").encode(),
-                      ": seeds.0: Input should be less than or equal to 4294967295 (got 100000000000000000000)"),  # fmt: skip
-    "epochs_1e12": (SMOKE_TEXT.replace("train: {epochs: 2,", "train: {epochs: 1.0e+12,").encode(),
-                    ": base.train.epochs: Input should be less than or equal to 10000"),  # fmt: skip
-    "variant_dotted": (_yaml({"variants": {"vit-pcm": {}, "tkp-pcl": {"train.lr.x": 0.1}}}),
-                       ": variants.tkp-pcl.train.lr.x: 'lr' is a value, not a section"),  # fmt: skip
+    "duplicate_nested": (
+        SMOKE_TEXT.replace("  seed: 0\n", "  seed: 0\n  seed: 1\n").encode(),
+        ": data.seed: duplicate key (lines 7 and 8)",
+    ),
+    "optuna_storage": (
+        (SMOKE_TEXT + "tracking: {optuna_storage: 'bogus://x'}\n").encode(),
+        ": tracking.optuna_storage: unknown Optuna storage scheme 'bogus:'",
+    ),
+    "mlflow_uri": (
+        (SMOKE_TEXT + "tracking: {mlflow_uri: 'bogus://x'}\n").encode(),
+        ": tracking.mlflow_uri: MLflow has no tracking store for scheme 'bogus:'",
+    ),
+    "voc_root": (
+        _yaml({"data": {"kind": "voc", "root": "no/VOC2012"}}),
+        ": data.root: VOC root no/VOC2012 does not exist; download",
+    ),
+    "search_path": (
+        _yaml({"search": {"space": {"train.bogus": {"type": "float", "low": 0.1, "high": 0.5}}}}),
+        ": search.space.train.bogus: unknown key; allowed: ",
+    ),
+    "lr_inf": (
+        SMOKE_TEXT.replace("lr: 0.002, monitor", "lr: .inf, monitor").encode(),
+        ": base.train.lr: Input should be a finite number (got inf)",
+    ),
+    "pce_weight_nan": (
+        SMOKE_TEXT.replace("loss.pce_weight: 0.0}", "loss.pce_weight: .nan}").encode(),
+        ": variants.vit-pcm.loss.pce_weight: Input should be a finite number (got nan)",
+    ),
+    "seed_overflow": (
+        SMOKE_TEXT.replace("seeds: [0]", "seeds: [100000000000000000000]").encode(),
+        ": seeds.0: Input should be less than or equal to 4294967295 (got 100000000000000000000)",
+    ),
+    "epochs_1e12": (
+        SMOKE_TEXT.replace("train: {epochs: 2,", "train: {epochs: 1.0e+12,").encode(),
+        ": base.train.epochs: Input should be less than or equal to 10000",
+    ),
+    "variant_dotted": (
+        _yaml({"variants": {"vit-pcm": {}, "tkp-pcl": {"train.lr.x": 0.1}}}),
+        ": variants.tkp-pcl.train.lr.x: 'lr' is a value, not a section",
+    ),
 }
 
 
@@ -180,8 +252,14 @@ def test_bad_study_file_subprocess_one_line_exit_2_nothing_written(tmp_path, cas
     (tmp_path / "bad.yaml").write_bytes(content)
     env = {**os.environ, "PYTHONPATH": str(SMOKE.parent.parent)}
     env.pop("MLFLOW_TRACKING_URI", None), env.pop("BENCH_OPTUNA_STORAGE", None)
-    r = subprocess.run([sys.executable, "-m", "bench.cli", "run", "bad.yaml"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "run", "bad.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("bench: error: bad.yaml") and message in lines[0], lines[0]
@@ -211,11 +289,26 @@ def test_bad_urls_from_flags_and_environment(tmp_path, monkeypatch, capsys, argv
 def test_url_checks_accept_what_the_libraries_open():
     from bench.study.urls import check_mlflow_uri, check_optuna_storage
 
-    for ok in ("journal:.bench/optuna.journal", "sqlite:///x.db", "sqlite:////abs/x.db", "postgresql://u@h/db",
-               "postgresql+psycopg2://u:p@h:5432/db", "mysql://u@h/db"):  # fmt: skip
+    for ok in (
+        "journal:.bench/optuna.journal",
+        "sqlite:///x.db",
+        "sqlite:////abs/x.db",
+        "postgresql://u@h/db",
+        "postgresql+psycopg2://u:p@h:5432/db",
+        "mysql://u@h/db",
+    ):
         check_optuna_storage(ok)
-    for ok in ("sqlite:///mlflow.db", "mlruns", "./mlruns", "file:///tmp/mlruns", "http://127.0.0.1:5000",
-               "https://mlflow.example.org", "postgresql://u@h/db", "mysql+pymysql://u@h/db", "databricks"):  # fmt: skip
+    for ok in (
+        "sqlite:///mlflow.db",
+        "mlruns",
+        "./mlruns",
+        "file:///tmp/mlruns",
+        "http://127.0.0.1:5000",
+        "https://mlflow.example.org",
+        "postgresql://u@h/db",
+        "mysql+pymysql://u@h/db",
+        "databricks",
+    ):
         check_mlflow_uri(ok)
     for bad in ("bogus://x", "journal:", "sqlite://", "x.db", "http://h"):
         with pytest.raises(ValueError):
@@ -238,8 +331,9 @@ def test_validating_a_study_imports_nothing_heavy():
         f"from bench.study import load_study, study_jobs; study_jobs(load_study({str(SMOKE)!r}))\n"
         "print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'timm', 'pandas', 'scipy') if m in sys.modules))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=SMOKE.parent.parent)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=SMOKE.parent.parent
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
     assert "data.root: VOC root" in r.stderr
@@ -253,7 +347,9 @@ def test_pruner_settings_the_chosen_pruner_ignores_are_refused(tmp_path):
     assert load_study(write_study(tmp_path / "m.yaml", search=ok)).search.pruner_warmup_epochs == 2
     for pruner in ("hyperband", "none"):
         bad = {**ok, "pruner": pruner}
-        with pytest.raises(StudyError, match=rf"search.pruner_warmup_epochs: read by the median pruner only, not by pruner '{pruner}'"):
+        with pytest.raises(
+            StudyError, match=rf"search.pruner_warmup_epochs: read by the median pruner only, not by pruner '{pruner}'"
+        ):
             load_study(write_study(tmp_path / "h.yaml", search=bad))
 
 
@@ -263,7 +359,10 @@ def test_threads_override_train_num_threads_outside_the_identity(tmp_path):
     study = load_study(write_study(tmp_path / "s.yaml", {"variants.tkp-pcl": {"train.num_threads": 3}}))
     two = with_execution_values(study, {"train.num_threads": 1})
     before, after = study_jobs(study), study_jobs(two)
-    assert [j.config.train.num_threads for j in before] == [2, 3] and [j.config.train.num_threads for j in after] == [1, 1]
+    assert [j.config.train.num_threads for j in before] == [2, 3] and [j.config.train.num_threads for j in after] == [
+        1,
+        1,
+    ]
     assert [j.config_hash for j in before] == [j.config_hash for j in after]
 
 

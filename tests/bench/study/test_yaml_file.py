@@ -17,12 +17,16 @@ SMOKE_TEXT = SMOKE.read_text()
 
 def list_bomb(levels: int = 9) -> list[str]:
     """Nested anchors, each aliased 9 times: ``levels`` lines standing for 9**levels values."""
-    return ["&a0 [x, x, x, x, x, x, x, x, x]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return ["&a0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)
+    ]
 
 
 def map_bomb(levels: int = 9) -> list[str]:
     keys = ", ".join(f"k{j}: 1" for j in range(9))
-    return [f"a0: &a0 {{{keys}}}"] + [f"a{i}: &a{i} {{{', '.join(f'k{j}: *a{i - 1}' for j in range(9))}}}" for i in range(1, levels + 1)]
+    return [f"a0: &a0 {{{keys}}}"] + [
+        f"a{i}: &a{i} {{{', '.join(f'k{j}: *a{i - 1}' for j in range(9))}}}" for i in range(1, levels + 1)
+    ]
 
 
 #: (study text, the message) of the hostile files of issue 19, case 6, as a user writes them
@@ -37,11 +41,19 @@ HOSTILE = {
     ),
     # a mapping of nested aliases under a variant's train section: MemoryError after 44 s
     "alias_bomb_mapping": (
-        SMOKE_TEXT.replace("  tkp-pcl: {}\n", "  tkp-pcl: {}\n  x:\n    train:\n" + "".join(f"      {line}\n" for line in map_bomb())),
+        SMOKE_TEXT.replace(
+            "  tkp-pcl: {}\n", "  tkp-pcl: {}\n  x:\n    train:\n" + "".join(f"      {line}\n" for line in map_bomb())
+        ),
         ":31:65: alias *a3: aliases expand to more than 100,000 values",
     ),
-    "nested_10000": (SMOKE_TEXT.replace("seeds: [0]", "seeds: " + "[" * 10_000 + "]" * 10_000), f":25:71: nested deeper than {MAX_DEPTH} levels"),
-    "recursive_alias": (SMOKE_TEXT.replace("seeds: [0]", "seeds: &s [0, *s]"), ":25:15: alias *s inside the node &s it names"),
+    "nested_10000": (
+        SMOKE_TEXT.replace("seeds: [0]", "seeds: " + "[" * 10_000 + "]" * 10_000),
+        f":25:71: nested deeper than {MAX_DEPTH} levels",
+    ),
+    "recursive_alias": (
+        SMOKE_TEXT.replace("seeds: [0]", "seeds: &s [0, *s]"),
+        ":25:15: alias *s inside the node &s it names",
+    ),
     "file_50MB": (
         SMOKE_TEXT + "".join(f"# padding {i:08d} {'x' * 80}\n" for i in range(500_000)),
         ": 50,000,864 bytes, more than a study file may have (1,000,000; a study file is a few KB)",
@@ -89,7 +101,9 @@ def test_alias_expansion_is_counted_not_the_file(tmp_path):
     path.write_text("\n".join(f"k{i}: {line}" for i, line in enumerate(list_bomb(4))) + "\n")  # 9**4 values
     assert len(read_yaml(path)["k4"]) == 9
     path.write_text("\n".join(f"k{i}: {line}" for i, line in enumerate(list_bomb(6))) + "\n")  # 9**6 > the bound
-    with pytest.raises(YamlFileError, match=rf"s.yaml:6:10: alias \*a4: aliases expand to more than {MAX_ALIAS_NODES:,} values"):
+    with pytest.raises(
+        YamlFileError, match=rf"s.yaml:6:10: alias \*a4: aliases expand to more than {MAX_ALIAS_NODES:,} values"
+    ):
         read_yaml(path)
     path.write_text("v: [" + ", ".join(["1"] * 200_000) + "]\n")  # no aliases: bounded by the size alone
     assert len(read_yaml(path)["v"]) == 200_000

@@ -43,7 +43,13 @@ def test_rle_string_counts_decodes_what_pycocotools_encodes():
         ([[1, 1, 5, 1, 5, 5]], None),
         ([[], [1, 2]], None),  # short polygons are skipped, not wrong
         ({"counts": [0, 6, 6], "size": [3, 4]}, None),
-        ({"counts": mask_utils.encode(np.asfortranarray(np.eye(3, 4, dtype=np.uint8)))["counts"].decode(), "size": [3, 4]}, None),
+        (
+            {
+                "counts": mask_utils.encode(np.asfortranarray(np.eye(3, 4, dtype=np.uint8)))["counts"].decode(),
+                "size": [3, 4],
+            },
+            None,
+        ),
         ([1, 1, 5, 1, 5, 5], "segmentation[0] is not a polygon"),
         ([[1, True, 5, 1, 5, 5]], "segmentation[0] is not a polygon"),
         ("abc", "neither a list of polygons nor an RLE"),
@@ -54,7 +60,7 @@ def test_rle_string_counts_decodes_what_pycocotools_encodes():
         ({"counts": "0000", "size": [3, 4]}, "sum to 0"),
         ({"counts": 12, "size": [3, 4]}, "neither a list of run lengths nor a compressed string"),
     ],
-)  # fmt: skip
+)
 def test_check_segmentation(seg, problem):
     found = cc.check_segmentation(seg, 3, 4)
     assert found == problem if problem is None else problem in found
@@ -62,12 +68,14 @@ def test_check_segmentation(seg, problem):
 
 def instances(**extra) -> dict:
     return {
-        "images": [{"id": "a", "file_name": "x/one.jpg", "height": 3, "width": 4},
-                   {"id": "b", "file_name": "two.jpg", "height": 3, "width": 4}],
+        "images": [
+            {"id": "a", "file_name": "x/one.jpg", "height": 3, "width": 4},
+            {"id": "b", "file_name": "two.jpg", "height": 3, "width": 4},
+        ],
         "annotations": [{"image_id": "a", "category_id": 18, "segmentation": [[0, 0, 3, 0, 3, 2]]}],
         "categories": [{"id": 18, "name": "Dog"}, {"id": 15, "name": "person"}, {"id": 1}],
         **extra,
-    }  # fmt: skip
+    }
 
 
 def test_index_instances_keeps_file_order_string_ids_and_names_renamed_categories():
@@ -78,7 +86,10 @@ def test_index_instances_keeps_file_order_string_ids_and_names_renamed_categorie
     assert "1 category names differ" in line and "15 is 'person' here, 'bench' in COCO" in line
     js = instances()
     js["images"][1]["file_name"] = "y/one.png"
-    with pytest.raises(DataError, match=r"images\[1\] \(id 'b'\) \(y/one.png\) and images\[0\] \(id 'a'\) \(x/one.jpg\) would both write the mask one.png"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"images\[1\] \(id 'b'\) \(y/one.png\) and images\[0\] \(id 'a'\) \(x/one.jpg\) would both write the mask one.png",
+    ):
         cc.index_instances(js, "f.json")
 
 
@@ -115,7 +126,9 @@ def test_a_failed_write_leaves_out_as_it_was(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(cc.Image.Image, "save", disk_full)
-    with pytest.raises(DataError, match=r"^--out .*masks: cannot write the masks \(No space left on device\); nothing was changed"):  # fmt: skip
+    with pytest.raises(
+        DataError, match=r"^--out .*masks: cannot write the masks \(No space left on device\); nothing was changed"
+    ):
         cc.write_coco_masks(tmp_path / "i.json", out, min_side=1, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i.json", "masks"]  # no temporary folder left
     assert [p.name for p in out.iterdir()] == ["earlier.png"] and (out / "earlier.png").read_bytes() == b"old"

@@ -21,9 +21,15 @@ def test_outputs_patch_tokens_only():
 
 def test_hv_bilstm_and_a_timm_model_with_registers():
     cfg = ModelConfig(
-        backbone="vit_small_patch14_reg4_dinov2", img_size=28, patch_size=7, depth=1,
-        embed_dim=32, num_heads=2, hv_bilstm=True, lstm_hidden=8,
-    )  # fmt: skip
+        backbone="vit_small_patch14_reg4_dinov2",
+        img_size=28,
+        patch_size=7,
+        depth=1,
+        embed_dim=32,
+        num_heads=2,
+        hv_bilstm=True,
+        lstm_hidden=8,
+    )
     m = PatchClassifier(cfg, num_classes=3).eval()
     assert m.num_prefix == 5  # class token + 4 registers dropped
     out = m(torch.rand(1, 3, 28, 28))
@@ -45,11 +51,20 @@ def test_pretrained_weights_offline_are_a_one_line_error(tmp_path, monkeypatch):
 
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    cfg = ModelConfig(backbone="vit_tiny_patch16_224", pretrained=True, img_size=224,
-                      patch_size=None, depth=None, embed_dim=None, num_heads=None)  # fmt: skip
+    cfg = ModelConfig(
+        backbone="vit_tiny_patch16_224",
+        pretrained=True,
+        img_size=224,
+        patch_size=None,
+        depth=None,
+        embed_dim=None,
+        num_heads=None,
+    )
     with pytest.raises(RuntimeError) as info:
         PatchClassifier(cfg, 21)
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith("pretrained weights for 'vit_tiny_patch16_224' could not be loaded (")
-    assert msg.endswith("put them in the Hugging Face cache (HF_HOME), or a file in model.pretrained_file, "
-                        "or set model.pretrained: false")  # fmt: skip
+    assert msg.endswith(
+        "put them in the Hugging Face cache (HF_HOME), or a file in model.pretrained_file, "
+        "or set model.pretrained: false"
+    )

@@ -6,8 +6,7 @@ from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from tkp_pcl.config import ModelConfig
-from tkp_pcl.model import PatchClassifier, check_pretrained_file, create_backbone
-from tkp_pcl.model import WeightsError
+from tkp_pcl.model import PatchClassifier, WeightsError, check_pretrained_file, create_backbone
 
 SMALL = ModelConfig(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2, proj_dim=8)
 
@@ -33,8 +32,9 @@ def test_timm_checkpoint_with_head_wrapper_and_another_grid(tmp_path):
     import timm
     from timm.layers import resample_abs_pos_embed
 
-    src = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=48, patch_size=8, depth=1,
-                            embed_dim=32, num_heads=2)  # fmt: skip
+    src = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=10, img_size=48, patch_size=8, depth=1, embed_dim=32, num_heads=2
+    )
     torch.save({"model": src.state_dict()}, tmp_path / "ck.pth")
     m = create_backbone(SMALL.model_copy(update={"pretrained_file": str(tmp_path / "ck.pth")}))
     want = resample_abs_pos_embed(src.pos_embed, new_size=(4, 4), old_size=(6, 6), num_prefix_tokens=1)
@@ -54,13 +54,21 @@ def test_mismatching_files_are_one_line_errors_naming_path_and_key(tmp_path):
     sd = create_backbone(SMALL).state_dict()
     wide = create_backbone(SMALL.model_copy(update={"embed_dim": 64})).state_dict()
     cases = {
-        "shape.pth": ({**sd, "blocks.0.mlp.fc1.weight": torch.zeros(3, 3)},
-                      r"shape.pth: key 'blocks.0.mlp.fc1.weight' has shape \(3, 3\) in the file, \(128, 32\)"),
+        "shape.pth": (
+            {**sd, "blocks.0.mlp.fc1.weight": torch.zeros(3, 3)},
+            r"shape.pth: key 'blocks.0.mlp.fc1.weight' has shape \(3, 3\) in the file, \(128, 32\)",
+        ),
         "wide.pth": (wide, r"wide.pth: key 'cls_token' has shape \(1, 1, 64\) in the file, \(1, 1, 32\)"),
-        "missing.pth": ({k: v for k, v in sd.items() if k != "norm.bias"}, r"missing.pth: key 'norm.bias' .* missing from the file"),
-        "extra.pth": ({**sd, "blocks.7.ls1.gamma": torch.zeros(32)}, r"extra.pth: key 'blocks.7.ls1.gamma' of the file is not in"),
+        "missing.pth": (
+            {k: v for k, v in sd.items() if k != "norm.bias"},
+            r"missing.pth: key 'norm.bias' .* missing from the file",
+        ),
+        "extra.pth": (
+            {**sd, "blocks.7.ls1.gamma": torch.zeros(32)},
+            r"extra.pth: key 'blocks.7.ls1.gamma' of the file is not in",
+        ),
         "notdict.pth": ([torch.zeros(1)], r"notdict.pth: not a state dict"),
-    }  # fmt: skip
+    }
     for name, (obj, msg) in cases.items():
         torch.save(obj, tmp_path / name)
         with pytest.raises(WeightsError, match=msg) as e:

@@ -2,8 +2,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from tkp_pcl.config import CRFConfig, PseudoConfig
-from tkp_pcl.pseudo import crf_refine, dense_crf
 from tkp_pcl.metrics import confusion_matrix, miou
+from tkp_pcl.pseudo import crf_refine, dense_crf
 
 
 def iou_fg(pred, mask):

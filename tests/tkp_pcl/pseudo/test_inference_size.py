@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers import write_study
 from pydantic import ValidationError
 
-from helpers import write_study
 from tkp_pcl.config import LossConfig, MethodConfig, ModelConfig, PseudoConfig, SyntheticDataConfig, TrainConfig
 from tkp_pcl.data import IGNORE_INDEX, load_splits
-from tkp_pcl.model import PatchClassifier
 from tkp_pcl.imaging import resize_image
+from tkp_pcl.model import PatchClassifier
 from tkp_pcl.pseudo import make_pseudo_labels, predict_class_maps
 from tkp_pcl.stage1 import train_stage1
 
@@ -22,8 +22,9 @@ def test_output_at_img_size_is_that_of_a_fixed_size_vit():
     """dynamic_img_size changes nothing at img_size: same tokens as timm's fixed-size ViT with the
     same weights, bit for bit, in eval and in training mode (same dropout draws)."""
     m = PatchClassifier(SMALL.model_copy(update={"hv_bilstm": True, "lstm_hidden": 8}), 5)
-    fixed = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=48, patch_size=8, depth=2,
-                              embed_dim=64, num_heads=2)  # fmt: skip
+    fixed = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=0, img_size=48, patch_size=8, depth=2, embed_dim=64, num_heads=2
+    )
     fixed.load_state_dict(m.backbone.state_dict())
     x = torch.rand(2, 3, 48, 48)
     for train in (False, True):
@@ -45,7 +46,9 @@ def test_other_sizes_run_on_their_own_grid():
 
 
 def test_input_size_must_be_a_multiple_of_the_patch():
-    with pytest.raises(ValidationError, match=r"pseudo.input_size \(100\) must be a multiple of model.patch_size \(8\)"):
+    with pytest.raises(
+        ValidationError, match=r"pseudo.input_size \(100\) must be a multiple of model.patch_size \(8\)"
+    ):
         MethodConfig(model=SMALL, pseudo=PseudoConfig(input_size=100))
     MethodConfig(model=SMALL, pseudo=PseudoConfig(input_size=120))
 
@@ -62,9 +65,12 @@ def test_trained_at_48_labels_at_120(tmp_path):
     """A model trained at 48 px (monitor at 120 px too) makes pseudo labels from a 15x15 grid,
     at each image's own resolution, and they are scored."""
     splits = load_splits(SyntheticDataConfig(n_train=64, n_val=8, size=48, min_size=10, max_size=32))
-    cfg = MethodConfig(model=SMALL, loss=LossConfig(pce_warmup_epochs=0),
-                       train=TrainConfig(epochs=1, batch_size=32, monitor_images=8, seed=0),
-                       pseudo=PseudoConfig(input_size=120))  # fmt: skip
+    cfg = MethodConfig(
+        model=SMALL,
+        loss=LossConfig(pce_warmup_epochs=0),
+        train=TrainConfig(epochs=1, batch_size=32, monitor_images=8, seed=0),
+        pseudo=PseudoConfig(input_size=120),
+    )
     cfg.pseudo.crf.enabled = False
     res = train_stage1(cfg, splits, progress=False)
     assert np.isfinite(res.history[-1]["monitor_pseudo_miou"])

@@ -7,8 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from tkp_pcl.stage1.augment import (
-    apply_flips, color_jitter, crop_patches, crop_resize, draw_crops, invert_flips, mosaic, unmosaic, view2,
-)  # fmt: skip
+    apply_flips,
+    color_jitter,
+    crop_patches,
+    crop_resize,
+    draw_crops,
+    invert_flips,
+    mosaic,
+    unmosaic,
+    view2,
+)
 from tkp_pcl.stage1.equivariance import mosaic_equivariance_loss, move_maps, teacher_targets
 from tkp_pcl.stage1.maps import to_grid
 
@@ -136,6 +144,12 @@ def test_vitpcm_form_refuses_an_odd_patch_grid():
     with pytest.raises(ValueError, match="must be even"):
         MethodConfig(model=ModelConfig(img_size=40, patch_size=8), loss=LossConfig(eq_form="vitpcm"))
     with pytest.raises(ValueError, match="even side"):
-        mosaic_equivariance_loss(torch.rand(1, 9, 2), torch.rand(1, 9, 2), torch.ones(1, 2), (3, 3),
-                                 *[torch.zeros(1, 3, dtype=torch.bool)] * 1, torch.zeros(1, 3, dtype=torch.long),
-                                 torch.zeros(1, 3, dtype=torch.bool))  # fmt: skip
+        mosaic_equivariance_loss(
+            torch.rand(1, 9, 2),
+            torch.rand(1, 9, 2),
+            torch.ones(1, 2),
+            (3, 3),
+            *[torch.zeros(1, 3, dtype=torch.bool)] * 1,
+            torch.zeros(1, 3, dtype=torch.long),
+            torch.zeros(1, 3, dtype=torch.bool),
+        )

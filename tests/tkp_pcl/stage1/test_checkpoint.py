@@ -11,7 +11,9 @@ from tkp_pcl.stage1 import CheckpointError, checkpoint, train_stage1
 SMALL = ModelConfig(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2, proj_dim=8)
 
 
-@pytest.mark.parametrize("content,reason", [(b"", "an empty file"), (b"not a checkpoint at all" * 9, "not a checkpoint (")])
+@pytest.mark.parametrize(
+    "content,reason", [(b"", "an empty file"), (b"not a checkpoint at all" * 9, "not a checkpoint (")]
+)
 def test_unreadable_files_are_one_typed_error(tmp_path, content, reason):
     path = tmp_path / "c.ckpt"
     path.write_bytes(content)
@@ -27,8 +29,11 @@ def test_missing_keys_are_named(tmp_path):
 
 
 def test_resume_from_a_loaded_checkpoint_reads_no_file(tmp_path):
-    cfg = MethodConfig(model=SMALL, loss=LossConfig(pce_warmup_epochs=0),
-                       train=TrainConfig(epochs=2, batch_size=16, monitor_images=4, warmup_epochs=0))  # fmt: skip
+    cfg = MethodConfig(
+        model=SMALL,
+        loss=LossConfig(pce_warmup_epochs=0),
+        train=TrainConfig(epochs=2, batch_size=16, monitor_images=4, warmup_epochs=0),
+    )
     splits = load_splits(SyntheticDataConfig(n_train=32, n_val=4, size=32, min_size=8, max_size=20))
     full = train_stage1(cfg, splits, progress=False).history
     ck = tmp_path / "s.ckpt"
@@ -81,7 +86,9 @@ def test_a_folder_that_cannot_hold_it_is_a_typed_error(tmp_path):
     from tkp_pcl.stage1.checkpoint import CheckpointWriteError
 
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(CheckpointWriteError, match=r"checkpoint .*afile/c.ckpt: cannot write \((Not a directory|File exists)\)"):
+    with pytest.raises(
+        CheckpointWriteError, match=r"checkpoint .*afile/c.ckpt: cannot write \((Not a directory|File exists)\)"
+    ):
         checkpoint.save({"w": torch.zeros(1)}, tmp_path / "afile" / "c.ckpt")
     (tmp_path / "c.ckpt.tmp").mkdir()  # where the temporary file goes
     with pytest.raises(CheckpointWriteError, match=r"c.ckpt: cannot write \(Is a directory\)"):

@@ -59,8 +59,13 @@ def test_mosaic_loss_equals_a_numpy_loop():
     teacher, student = inputs()
     total = []
     for i in range(B):
-        target = reference_target(teacher[i].double().numpy(), FLIPS1[i].tolist(), CROPS[i].tolist(),
-                                  FLIPS2[i].tolist(), LABELS[i].double().numpy())  # fmt: skip
+        target = reference_target(
+            teacher[i].double().numpy(),
+            FLIPS1[i].tolist(),
+            CROPS[i].tolist(),
+            FLIPS2[i].tolist(),
+            LABELS[i].double().numpy(),
+        )
         m, k = divmod(i, 4)
         r, c = divmod(k, 2)
         cell = student[m].double().numpy().reshape(H, H, C)[3 * r : 3 * r + 3, 3 * c : 3 * c + 3]
@@ -72,8 +77,13 @@ def test_mosaic_loss_equals_a_numpy_loop():
     t = teacher_targets(teacher, LABELS, (H, H), FLIPS1, CROPS, FLIPS2)
     assert t.shape == (B, C, 3, 3)
     for i in range(B):
-        ref = reference_target(teacher[i].double().numpy(), FLIPS1[i].tolist(), CROPS[i].tolist(),
-                               FLIPS2[i].tolist(), LABELS[i].double().numpy())  # fmt: skip
+        ref = reference_target(
+            teacher[i].double().numpy(),
+            FLIPS1[i].tolist(),
+            CROPS[i].tolist(),
+            FLIPS2[i].tolist(),
+            LABELS[i].double().numpy(),
+        )
         np.testing.assert_allclose(t[i].permute(1, 2, 0).numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -101,9 +111,13 @@ def test_mosaic_loss_by_hand_on_uniform_maps():
     # a student that is 0.5 / 0.25 / 0.25 everywhere: per image -(mean over present classes of log
     # q); images 0 and 1 have 2 classes, 2 and 4 have 3, image 3 only background
     q = torch.tensor([0.5, 0.25, 0.25])
-    per_image = [-(math.log(0.5) + math.log(0.25)) / 2, -(math.log(0.5) + math.log(0.25)) / 2,
-                 -(math.log(0.5) + 2 * math.log(0.25)) / 3, -math.log(0.5),
-                 -(math.log(0.5) + 2 * math.log(0.25)) / 3]  # fmt: skip
+    per_image = [
+        -(math.log(0.5) + math.log(0.25)) / 2,
+        -(math.log(0.5) + math.log(0.25)) / 2,
+        -(math.log(0.5) + 2 * math.log(0.25)) / 3,
+        -math.log(0.5),
+        -(math.log(0.5) + 2 * math.log(0.25)) / 3,
+    ]
     loss = mosaic_equivariance_loss(teacher, q.expand(2, H * H, C).clone(), LABELS, (H, H), FLIPS1, CROPS, FLIPS2)
     assert loss.item() == pytest.approx(sum(per_image) / B, rel=1e-6)
 
@@ -123,5 +137,6 @@ def test_gradient_reaches_the_student_only():
 def test_grids_that_are_not_square_and_even_are_refused(grid):
     n = grid[0] * grid[1]
     with pytest.raises(ValueError, match=rf"square patch grid of even side, got {grid[0]}x{grid[1]}"):
-        mosaic_equivariance_loss(torch.rand(1, n, 2), torch.rand(1, n, 2), torch.ones(1, 2), grid,
-                                 FLIPS1[:1], CROPS[:1], FLIPS2[:1])  # fmt: skip
+        mosaic_equivariance_loss(
+            torch.rand(1, n, 2), torch.rand(1, n, 2), torch.ones(1, 2), grid, FLIPS1[:1], CROPS[:1], FLIPS2[:1]
+        )

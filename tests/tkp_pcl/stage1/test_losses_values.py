@@ -192,12 +192,16 @@ def test_margin_edges():
     # two patches of one class: one positive pair, cos 0.6 -> 0.4 (not 0)
     assert patch_contrastive_error(e2, torch.tensor([[3, 3]]), form="margin").item() == pytest.approx(0.4, rel=1e-6)
     # two patches of two classes, no positive: relu(0.6 - 0.3) = 0.3
-    assert patch_contrastive_error(e2, torch.tensor([[0, 1]]), form="margin", margin=0.3).item() == pytest.approx(0.3, rel=1e-6)
+    assert patch_contrastive_error(e2, torch.tensor([[0, 1]]), form="margin", margin=0.3).item() == pytest.approx(
+        0.3, rel=1e-6
+    )
     # all negative pairs beyond the margin (cos -1 < 0.3): only the positive term, here 0
     e = _e((1.0, 0.0), (1.0, 0.0), (-1.0, 0.0))
     assert patch_contrastive_error(e, torch.tensor([[0, 0, 1]]), form="margin").item() == pytest.approx(0.0, abs=1e-7)
     # background only, all identical: 0
-    assert patch_contrastive_error(e[:, :2], torch.tensor([[0, 0]]), form="margin").item() == pytest.approx(0.0, abs=1e-7)
+    assert patch_contrastive_error(e[:, :2], torch.tensor([[0, 0]]), form="margin").item() == pytest.approx(
+        0.0, abs=1e-7
+    )
 
 
 def test_margin_equals_a_numpy_loop():
@@ -240,8 +244,10 @@ def test_pce_draws_max_patches_when_there_are_more():
         tuple(s): patch_contrastive_error(e[:, list(s)], lab[:, list(s)], form="margin").item()
         for s in itertools.combinations(range(4), 2)
     }
-    got = {patch_contrastive_error(e, lab, form="margin", max_patches=2, generator=torch.Generator().manual_seed(s)).item()
-           for s in range(12)}  # fmt: skip
+    got = {
+        patch_contrastive_error(e, lab, form="margin", max_patches=2, generator=torch.Generator().manual_seed(s)).item()
+        for s in range(12)
+    }
     assert all(any(v == pytest.approx(x, abs=1e-6) for x in subsets.values()) for v in got)
     assert len(got) > 1 and full not in got
     # exactly max_patches patches: no draw (the generator is untouched), the full loss

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tkp_pcl.config import MethodConfig
+from tkp_pcl.model import PatchOutput
+
 # the code under test and its parts, imported in one place (module paths move: edit only these)
 from tkp_pcl.stage1.augment import apply_flips, color_jitter, crop_patches, draw_crops, draw_flips, mosaic, view2
-from tkp_pcl.config import MethodConfig
 from tkp_pcl.stage1.equivariance import mosaic_equivariance_loss
 from tkp_pcl.stage1.losses import equivariance_loss, image_loss, patch_contrastive_error, patch_labels_from_probs
-from tkp_pcl.model import PatchOutput
 from tkp_pcl.stage1.objective import LOSS_TERMS, stage1_loss
 from tkp_pcl.stage1.pooling import pool
 
@@ -31,7 +32,9 @@ class Stub(nn.Module):
         self.classifier = nn.Linear(4, C, bias=False)
         self.proj = nn.Linear(4, 5, bias=False)
         with torch.no_grad():
-            self.classifier.weight.copy_(torch.tensor([[0.5, -1.0, 2.0, 1.5], [-1.5, 2.0, 0.0, -2.0], [1.0, 0.5, -0.5, 0.5]]))
+            self.classifier.weight.copy_(
+                torch.tensor([[0.5, -1.0, 2.0, 1.5], [-1.5, 2.0, 0.0, -2.0], [1.0, 0.5, -0.5, 0.5]])
+            )
             self.proj.weight.copy_(torch.linspace(-1, 1, 20).reshape(5, 4) + torch.eye(5, 4))
 
     def forward(self, images):
@@ -45,8 +48,16 @@ class Stub(nn.Module):
 
 
 def config(form, jitter=False, **loss):
-    base = dict(cls_weight=0.7, eq_weight=0.3, pce_weight=0.2, cls_l2=0.05, eq_form=form, pce_form="margin",
-                pce_max_patches=20, eq_crop_prob=0.5)  # fmt: skip
+    base = dict(
+        cls_weight=0.7,
+        eq_weight=0.3,
+        pce_weight=0.2,
+        cls_l2=0.05,
+        eq_form=form,
+        pce_form="margin",
+        pce_max_patches=20,
+        eq_crop_prob=0.5,
+    )
     base.update(loss)
     return MethodConfig(pooling={"kind": "topk", "k": 3}, loss=base, train={"color_jitter": jitter})
 
@@ -90,9 +101,15 @@ def reference(cfg, images, labels, seed, use_pce):
     l_cls = image_loss(pool(probs, "topk", k=3), view_labels)
     l_pce = torch.tensor(0.0)
     if use_pce:
-        l_pce = patch_contrastive_error(emb, patch_labels_from_probs(probs, view_labels), temperature=lc.pce_temperature,
-                                        max_patches=lc.pce_max_patches, form=lc.pce_form, margin=lc.pce_margin,
-                                        generator=g)  # fmt: skip
+        l_pce = patch_contrastive_error(
+            emb,
+            patch_labels_from_probs(probs, view_labels),
+            temperature=lc.pce_temperature,
+            max_patches=lc.pce_max_patches,
+            form=lc.pce_form,
+            margin=lc.pce_margin,
+            generator=g,
+        )
     # L2 by hand: squares of the classifier weights above sum to
     # (0.25 + 1 + 4 + 2.25) + (2.25 + 4 + 0 + 4) + (1 + 0.25 + 0.25 + 0.25) = 19.5
     l_l2 = torch.tensor(lc.cls_l2 * 19.5)
@@ -132,8 +149,9 @@ def test_terms_that_are_off_are_zero(form):
 def test_every_param_in_graph_keeps_the_projection_with_zero_gradient():
     images, labels = batch()
     net = Stub().train()
-    got = stage1_loss(net, images, labels, config("flip"), torch.Generator().manual_seed(0), False,
-                      every_param_in_graph=True)  # fmt: skip
+    got = stage1_loss(
+        net, images, labels, config("flip"), torch.Generator().manual_seed(0), False, every_param_in_graph=True
+    )
     assert got["loss_pce"].item() == 0.0
     got["loss"].backward()
     assert net.proj.weight.grad is not None and not net.proj.weight.grad.any()
@@ -154,8 +172,9 @@ def test_autocast_runs_the_forwards_in_bfloat16(form):
     images, labels = batch()
     cfg = config(form)
     plain = stage1_loss(Stub().train(), images, labels, cfg, torch.Generator().manual_seed(0), True)
-    amp = stage1_loss(Stub().train(), images, labels, cfg, torch.Generator().manual_seed(0), True,
-                      autocast=(True, torch.bfloat16))  # fmt: skip
+    amp = stage1_loss(
+        Stub().train(), images, labels, cfg, torch.Generator().manual_seed(0), True, autocast=(True, torch.bfloat16)
+    )
     assert torch.isfinite(amp["loss"])
     if form == "vitpcm":  # images in [0, 1]: bf16 logits stay close (the flip form sees 0..255)
         assert amp["loss"].item() == pytest.approx(plain["loss"].item(), rel=0.05)

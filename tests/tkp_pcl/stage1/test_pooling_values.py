@@ -34,7 +34,9 @@ def test_max_and_mean_by_hand():
 
 def test_topk_by_hand_for_every_k():
     # K = 2: mean of the two largest per column
-    k2 = torch.tensor([[(0.9 + 0.7) / 2, (0.8 + 0.6) / 2, (0.5 + 0.4) / 2], [(0.6 + 0.4) / 2, (0.7 + 0.5) / 2, (1.0 + 0.9) / 2]])
+    k2 = torch.tensor(
+        [[(0.9 + 0.7) / 2, (0.8 + 0.6) / 2, (0.5 + 0.4) / 2], [(0.6 + 0.4) / 2, (0.7 + 0.5) / 2, (1.0 + 0.9) / 2]]
+    )
     torch.testing.assert_close(pool(S, "topk", k=2), k2)
     torch.testing.assert_close(topk_pool(S, k=2), k2)
     # K = round(0.5 * 4) = 2 from the ratio
@@ -103,5 +105,7 @@ def test_pool_refuses_bad_kinds_and_shapes():
     with pytest.raises(ValueError, match=r"^unknown pooling kind 'median'; valid kinds: lse, max, mean, topk$"):
         pool(S, "median")
     for bad in (S[0], S[None]):
-        with pytest.raises(ValueError, match="^" + re.escape(f"scores must be (B, N, C), got shape {tuple(bad.shape)}") + "$"):
+        with pytest.raises(
+            ValueError, match="^" + re.escape(f"scores must be (B, N, C), got shape {tuple(bad.shape)}") + "$"
+        ):
             pool(bad, "max")

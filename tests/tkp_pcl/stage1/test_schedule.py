@@ -9,8 +9,17 @@ from tkp_pcl.model import HVBiLSTM, PatchClassifier
 from tkp_pcl.stage1 import checkpoint, stage1_loss, train_stage1
 from tkp_pcl.stage1.schedule import build_optimizer, phase_of, set_trainable
 
-SMALL = ModelConfig(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, proj_dim=8,
-                    hv_bilstm=True, lstm_hidden=8, lstm_dropout=0.2)  # fmt: skip
+SMALL = ModelConfig(
+    img_size=32,
+    patch_size=8,
+    depth=2,
+    embed_dim=32,
+    num_heads=2,
+    proj_dim=8,
+    hv_bilstm=True,
+    lstm_hidden=8,
+    lstm_dropout=0.2,
+)
 
 
 def vitpcm_cfg(epochs=2) -> MethodConfig:
@@ -18,15 +27,27 @@ def vitpcm_cfg(epochs=2) -> MethodConfig:
         model=SMALL,
         pooling=PoolingConfig(kind="max"),
         loss=LossConfig(eq_form="vitpcm", eq_crop_prob=0.5, pce_weight=0.0, cls_l2=0.01),
-        train=TrainConfig(epochs=epochs, batch_size=10, lr=1e-3, frozen_epochs=1, frozen_lr=1e-2,
-                          trainable_blocks=1, optimizer="adam", color_jitter=True, monitor_images=8),
-    )  # fmt: skip
+        train=TrainConfig(
+            epochs=epochs,
+            batch_size=10,
+            lr=1e-3,
+            frozen_epochs=1,
+            frozen_lr=1e-2,
+            trainable_blocks=1,
+            optimizer="adam",
+            color_jitter=True,
+            monitor_images=8,
+        ),
+    )
 
 
 def frozen_names(model) -> list[str]:
     """The parameters that must never change with trainable_blocks=1 on a 2-block backbone."""
-    return [n for n, _ in model.named_parameters() if n.startswith("backbone.") and not (
-        n.startswith("backbone.blocks.1.") or n.startswith("backbone.norm."))]  # fmt: skip
+    return [
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith("backbone.") and not (n.startswith("backbone.blocks.1.") or n.startswith("backbone.norm."))
+    ]
 
 
 def test_set_trainable_and_optimizers():
@@ -111,12 +132,19 @@ def test_frozen_parameters_stay_bit_identical_and_resume_continues(splits, tmp_p
     ck = tmp_path / "s1.ckpt"
     with pytest.raises(KeyboardInterrupt):
         torch.manual_seed(0)
-        train_stage1(vitpcm_cfg(), splits, progress=False, checkpoint_path=ck, on_epoch_end=die_after_first,
-                     model=PatchClassifier(SMALL, splits.train.num_classes))  # fmt: skip
+        train_stage1(
+            vitpcm_cfg(),
+            splits,
+            progress=False,
+            checkpoint_path=ck,
+            on_epoch_end=die_after_first,
+            model=PatchClassifier(SMALL, splits.train.num_classes),
+        )
     assert len(checkpoint.load(ck).history) == 1
     torch.manual_seed(0)
-    resumed = train_stage1(vitpcm_cfg(), splits, progress=False, checkpoint_path=ck,
-                           model=PatchClassifier(SMALL, splits.train.num_classes))  # fmt: skip
+    resumed = train_stage1(
+        vitpcm_cfg(), splits, progress=False, checkpoint_path=ck, model=PatchClassifier(SMALL, splits.train.num_classes)
+    )
     assert resumed.history[1]["loss"] == pytest.approx(h[1]["loss"], rel=1e-5)
     assert all(torch.equal(p, params[n]) for n, p in resumed.model.named_parameters())
 

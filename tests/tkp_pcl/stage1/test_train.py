@@ -69,8 +69,9 @@ def test_checkpoint_resume_continues_where_it_stopped(splits, tmp_path):
     assert ck.is_file() and not (tmp_path / "stage1.ckpt.tmp").exists()
     assert len(checkpoint.load(ck).history) == 1
     epochs_run = []
-    resumed = train_stage1(cfg(epochs=2), splits, progress=False, checkpoint_path=ck,
-                           on_epoch_end=lambda e, m: epochs_run.append(e))  # fmt: skip
+    resumed = train_stage1(
+        cfg(epochs=2), splits, progress=False, checkpoint_path=ck, on_epoch_end=lambda e, m: epochs_run.append(e)
+    )
     assert epochs_run == [1]
     assert resumed.history[1]["loss"] == pytest.approx(full[1]["loss"], rel=1e-6)
 

@@ -7,7 +7,12 @@ from tkp_pcl.data import load_splits, save_label_png
 from tkp_pcl.metrics import miou
 from tkp_pcl.model import Segmenter
 from tkp_pcl.stage2 import (
-    PseudoLabelDataset, Stage2Inputs, evaluate_segmentation, make_optimizer, predict, train_segmentation,
+    PseudoLabelDataset,
+    Stage2Inputs,
+    evaluate_segmentation,
+    make_optimizer,
+    predict,
+    train_segmentation,
 )
 
 SMALL = ModelConfig(img_size=48, patch_size=8, depth=2, embed_dim=64, num_heads=2)
@@ -41,7 +46,9 @@ def test_training_on_labels_beats_an_untrained_network(data):
     cfg = SegmentConfig(enabled=True, epochs=4, batch_size=16, lr=2e-3)
     torch.manual_seed(0)
     untrained = miou(evaluate_segmentation(Segmenter(cfg, SMALL, 7), splits.val, cfg, "cpu")[0])[0]
-    res = train_segmentation(cfg, SMALL, Stage2Inputs(splits.train, labels, splits.val, device="cpu"), keep_examples=2, progress=False)
+    res = train_segmentation(
+        cfg, SMALL, Stage2Inputs(splits.train, labels, splits.val, device="cpu"), keep_examples=2, progress=False
+    )
     trained = miou(res.conf)[0]
     assert trained > untrained + 0.1, (untrained, trained)
     assert res.history[-1]["seg_loss"] < res.history[0]["seg_loss"]
