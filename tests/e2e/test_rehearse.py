@@ -76,6 +76,7 @@ def paper_data(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.paper
 @pytest.mark.parametrize("name,data", [("voc2012", "VOC2012"), ("coco2014", "coco")])
 def test_the_paper_studies_rehearse_on_the_cpu(paper_data, name, data, tmp_path):
     root, weights = paper_data
