@@ -482,10 +482,18 @@ def cmd_ui(args) -> int:
 
 def cmd_data(args) -> int:
     from tkp_pcl.data.coco_convert import write_coco_masks
+    from tkp_pcl.data.errors import DataWriteError
 
-    s = write_coco_masks(
-        args.instances, args.out, min_side=args.min_side, warn=lambda m: print(f"bench: warning: {m}", file=sys.stderr)
-    )
+    try:
+        s = write_coco_masks(
+            args.instances,
+            args.out,
+            min_side=args.min_side,
+            warn=lambda m: print(f"bench: warning: {m}", file=sys.stderr),
+        )
+    except DataWriteError as e:  # a full disk: a fault (exit 1), the same command works once it is fixed
+        print(f"bench: error: {e}; run the same command again once it is fixed", file=sys.stderr)
+        return EXIT_FAILED_TRIALS
     replaced = f" (replacing the {s.replaced} masks it held)" if s.replaced else ""
     print(
         f"{s.written} masks written to {args.out}{replaced}; left out: {s.too_small} smaller than "

@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .coco import CLASS_OF_CATEGORY, COCO_CATEGORIES
-from .errors import DataError
+from .errors import DataError, DataWriteError
 
 INSTANCES_HINT = "COCO's annotations/instances_train2014.json or _val2014.json"
 COCO_NAMES = dict(COCO_CATEGORIES)
@@ -395,7 +395,9 @@ def write_coco_masks(
         tmp.chmod(0o777 & ~_umask())
         summary.replaced = _swap_in(tmp, target)
     except OSError as e:
-        raise DataError(f"--out {out}: cannot write the masks ({e.strerror or e}); nothing was changed there") from None
+        raise DataWriteError(
+            f"--out {out}: cannot write the masks ({e.strerror or e}); nothing was changed there"
+        ) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

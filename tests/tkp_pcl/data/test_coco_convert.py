@@ -10,6 +10,7 @@ from pycocotools import mask as mask_utils
 
 from tkp_pcl.data import DataError
 from tkp_pcl.data import coco_convert as cc
+from tkp_pcl.data.errors import DataWriteError
 
 
 def runs(m: np.ndarray) -> list[int]:
@@ -127,7 +128,7 @@ def test_a_failed_write_leaves_out_as_it_was(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cc.Image.Image, "save", disk_full)
     with pytest.raises(
-        DataError, match=r"^--out .*masks: cannot write the masks \(No space left on device\); nothing was changed"
+        DataWriteError, match=r"^--out .*masks: cannot write the masks \(No space left on device\); nothing was changed"
     ):
         cc.write_coco_masks(tmp_path / "i.json", out, min_side=1, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i.json", "masks"]  # no temporary folder left
