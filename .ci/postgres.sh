@@ -8,6 +8,8 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 PORT=${PGPORT_BENCH:-54329}
+# a port already taken (a server left by an earlier run, another service): the next free one
+while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do PORT=$((PORT + 1)); done
 PGDATA=$(mktemp -d /tmp/bench-pg.XXXXXX)
 RUNAS=()
 if [ "$(id -u)" = 0 ]; then chown postgres "$PGDATA"; RUNAS=(runuser -u postgres --); fi
