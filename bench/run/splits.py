@@ -16,12 +16,9 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tkp_pcl.config import SyntheticDataConfig
-from tkp_pcl.data import Split, Splits
-from tkp_pcl.data.synthetic import synthetic_split
-from tkp_pcl.data.voc import voc_split
+from tkp_pcl.data import Split, Splits, synthetic_kwargs, synthetic_split, voc_split
 
 from ..study import Study, StudyError
 
@@ -80,17 +77,6 @@ def concat_splits(name: str, first: Split, second: Split) -> Split:
     )
 
 
-def _synthetic_kwargs(cfg: SyntheticDataConfig) -> dict[str, Any]:
-    return dict(
-        seed=cfg.seed,
-        size=cfg.size,
-        max_objects=cfg.max_objects,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        noise=cfg.noise,
-    )
-
-
 @dataclass
 class TuneSplits:
     """``search``: the splits of a search trial (masks read: the tune images only, as its
@@ -126,7 +112,7 @@ def tune_splits(study: Study, splits: Splits) -> TuneSplits | None:
         return None
     data, train, report_pseudo = study.data, splits.train, splits.pseudo
     if isinstance(data, SyntheticDataConfig):
-        tune_split = synthetic_split("tune", tune.count, **_synthetic_kwargs(data))
+        tune_split = synthetic_split("tune", tune.count, **synthetic_kwargs(data))
         train = concat_splits(f"{splits.train.name}+tune", splits.train, tune_split)
     elif tune.split is not None:
         tune_split = voc_split(data.root, tune.split, mask_dir=data.mask_dir, max_images=data.max_images)

@@ -2,7 +2,7 @@
 
 from .coco import COCO_CLASSES, coco_ids, coco_split
 from .errors import DataError
-from .loading import Splits, load_splits, seg_train_split_name, split_ids
+from .loading import Splits, load_splits, seg_train_split_name, split_ids, synthetic_kwargs
 from .palette import colorize, save_label_png, voc_colormap
 from .split import IGNORE_INDEX, Split, unscored
 from .synthetic import synthetic_split
@@ -21,6 +21,7 @@ __all__ = [
     "save_label_png",
     "seg_train_split_name",
     "split_ids",
+    "synthetic_kwargs",
     "synthetic_split",
     "unscored",
     "voc_colormap",

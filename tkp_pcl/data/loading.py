@@ -49,17 +49,22 @@ def split_ids(cfg: VOCDataConfig | CocoDataConfig, split: str) -> list[str]:
     return coco_ids(cfg.root, split)[: cfg.max_images]
 
 
+def synthetic_kwargs(cfg: SyntheticDataConfig) -> dict:
+    """The scene generator's settings of a synthetic data configuration (any stream's)."""
+    return dict(
+        seed=cfg.seed,
+        size=cfg.size,
+        max_objects=cfg.max_objects,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        noise=cfg.noise,
+    )
+
+
 def load_splits(cfg: AnyDataConfig) -> Splits:
     """Build the splits a study uses from its data configuration (one object per named split)."""
     if isinstance(cfg, SyntheticDataConfig):
-        kw = dict(
-            seed=cfg.seed,
-            size=cfg.size,
-            max_objects=cfg.max_objects,
-            min_size=cfg.min_size,
-            max_size=cfg.max_size,
-            noise=cfg.noise,
-        )
+        kw = synthetic_kwargs(cfg)
         train = synthetic_split("train", cfg.n_train, **kw)
         return Splits(train=train, pseudo=train, val=synthetic_split("val", cfg.n_val, **kw))
     cache: dict[str, Split] = {}
