@@ -1,5 +1,5 @@
 """bench.signals: SIGTERM as Ctrl-C, a second signal while stopping, children tied to their
-parent, process groups stopped whole (issue 19, case 7)."""
+parent, process groups stopped whole."""
 
 import os
 import signal

@@ -1,5 +1,5 @@
 """Hostile inputs and faults met as a user meets them: `bench` in a subprocess, one line on
-stderr, exit 2 for bad input and 1 for a fault, never a traceback (issue 19)."""
+stderr, exit 2 for bad input and 1 for a fault, never a traceback."""
 
 from __future__ import annotations
 

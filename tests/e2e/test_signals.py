@@ -1,4 +1,4 @@
-"""Signals as a user sends them (issue 19, cases 7 and 9): SIGTERM from a scheduler or
+"""Signals as a user sends them: SIGTERM from a scheduler or
 ``timeout``, Ctrl-C to the terminal's process group, ``kill -9`` of a ``bench run --workers 2``
 parent, SIGTERM to ``bench ui``. Each ends in one line, the right exit code, no process left,
 and a study the same command finishes (every trial done once)."""

@@ -1,4 +1,4 @@
-"""Store faults end to end, as a user meets them (issue 19, cases 1, 2, 4, 5, 11): `bench` in
+"""Store faults end to end, as a user meets them: `bench` in
 subprocesses on the smoke study shape, a real Optuna journal and a real SQLite MLflow store; a
 full disk is a small tmpfs the test mounts (as root; skipped otherwise). Each fault ends in one
 line (exit 1 for a fault, 2 for a decision to take), never a traceback, never finished work run

@@ -29,7 +29,7 @@ def map_bomb(levels: int = 9) -> list[str]:
     ]
 
 
-#: (study text, the message) of the hostile files of issue 19, case 6, as a user writes them
+#: (study text, the message) of hostile files (alias bombs, deep nesting, a huge file), as a user writes them
 HOSTILE = {
     # a list of nested aliases as the value of a string field: its error used to quote it whole
     "alias_bomb_list": (

@@ -1,4 +1,4 @@
-"""The CRF process pool dies with its parent, even a ``kill -9`` of it (issue 19, case 8)."""
+"""The CRF process pool dies with its parent, even a ``kill -9`` of it."""
 
 import os
 import signal
