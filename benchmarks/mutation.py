@@ -5,7 +5,7 @@ of the repository, with the fast tests that exercise that module, and prints kil
 module and every surviving mutant as a diff. Slow (minutes per module); not part of CI.
 
     python benchmarks/mutation.py                      # every module of MODULES
-    python benchmarks/mutation.py tkp_pcl/pooling.py   # one module
+    python benchmarks/mutation.py tkp_pcl/stage1/pooling.py   # one module
     python benchmarks/mutation.py --existing-only      # only the tests not named *_values.py
                                                        # (the score before the value tests)
 

@@ -47,7 +47,7 @@ class Stub(nn.Module):
         return PatchOutput(probs=logits.softmax(-1), embeddings=F.normalize(self.proj(feats), dim=-1), grid=(h, w))
 
 
-def config(form, jitter=False, **loss):
+def config(form, jitter=False, pooling=None, **loss):
     base = dict(
         cls_weight=0.7,
         eq_weight=0.3,
@@ -59,7 +59,7 @@ def config(form, jitter=False, **loss):
         eq_crop_prob=0.5,
     )
     base.update(loss)
-    return MethodConfig(pooling={"kind": "topk", "k": 3}, loss=base, train={"color_jitter": jitter})
+    return MethodConfig(pooling=pooling or {"kind": "topk", "k": 3}, loss=base, train={"color_jitter": jitter})
 
 
 def batch(b=3):
@@ -98,7 +98,8 @@ def reference(cfg, images, labels, seed, use_pce):
             out = net(view1)
             l_eq = torch.tensor(0.0)
         probs, view_labels, emb = out.probs[:b], labels, out.embeddings[:b]
-    l_cls = image_loss(pool(probs, "topk", k=3), view_labels)
+    pc = cfg.pooling
+    l_cls = image_loss(pool(probs, pc.kind, k_ratio=pc.k_ratio, k=pc.k, lse_r=pc.lse_r), view_labels)
     l_pce = torch.tensor(0.0)
     if use_pce:
         l_pce = patch_contrastive_error(
@@ -117,8 +118,8 @@ def reference(cfg, images, labels, seed, use_pce):
     return dict(zip(LOSS_TERMS, (loss, l_cls, l_eq, l_pce, l_l2)))
 
 
-def check(cfg, use_pce, seed=0, **kw):
-    images, labels = batch()
+def check(cfg, use_pce, seed=0, b=3, **kw):
+    images, labels = batch(b)
     net = Stub().train()
     got = stage1_loss(net, images, labels, cfg, torch.Generator().manual_seed(seed), use_pce, **kw)
     want = reference(cfg, images, labels, seed, use_pce)
@@ -179,3 +180,27 @@ def test_autocast_runs_the_forwards_in_bfloat16(form):
     if form == "vitpcm":  # images in [0, 1]: bf16 logits stay close (the flip form sees 0..255)
         assert amp["loss"].item() == pytest.approx(plain["loss"].item(), rel=0.05)
     assert amp["loss"].item() != plain["loss"].item()
+
+
+@pytest.mark.parametrize("form", ["flip", "vitpcm"])
+@pytest.mark.parametrize(
+    "pooling,pce",
+    [
+        ({"kind": "topk", "k_ratio": 0.4}, {"pce_form": "infonce", "pce_temperature": 0.3}),
+        ({"kind": "lse", "lse_r": 2.0}, {"pce_form": "margin", "pce_margin": 0.1}),
+        ({"kind": "max"}, {"pce_form": "margin", "pce_margin": 0.9}),
+    ],
+)
+def test_the_configured_pooling_and_pce_settings_reach_their_terms(form, pooling, pce):
+    """Non-default K ratio, LSE sharpness, pooling kind, temperature and margin, on a batch of 4
+    (so a batch size read from the wrong axis shows)."""
+    cfg = config(form, pooling=pooling, **pce)
+    got = check(cfg, True, b=4)
+    other = config(form, **pce)  # the default test pooling (top-3): another image loss
+    assert not torch.isclose(got["loss_cls"], check(other, True, b=4)["loss_cls"])
+
+
+def test_vitpcm_without_equivariance_still_feeds_the_pce_its_embeddings():
+    """ViT-PCM's form with the equivariance off: one forward of view 1, whose embeddings the PCE reads."""
+    got = check(config("vitpcm", eq_weight=0.0), True, b=4)
+    assert got["loss_eq"] == 0 and got["loss_pce"] > 0
