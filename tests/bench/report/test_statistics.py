@@ -45,3 +45,20 @@ def test_paired_uses_shared_seeds_only_and_needs_two_for_a_p_value():
     one = paired(runs({"vit-pcm": [0.5], "tkp": [0.7]}), "tkp", "vit-pcm", "pseudo_miou")
     assert one.n == 1 and one.diff == pytest.approx(0.2) and np.isnan(one.p)
     assert paired(df, "tkp", "vit-pcm", "seg_miou") is None  # metric not logged
+
+
+def test_paired_carries_the_sample_sd_of_the_differences():
+    from bench.report.statistics import summary
+
+    # differences .03 .01 .05 .02: mean .0275, squared deviations .00000625 .00030625 .00050625
+    # .00005625, sum .000875, / 3 = .00029167, sd .017078
+    c = paired(
+        runs({"vit-pcm": [0.50, 0.60, 0.55, 0.40], "tkp": [0.53, 0.61, 0.60, 0.42]}), "tkp", "vit-pcm", "pseudo_miou"
+    )
+    assert c.sd == pytest.approx(0.017078, abs=1e-6)
+    two = paired(runs({"vit-pcm": [0.5, 0.6, 0.7], "tkp": [0.6, 0.65]}), "tkp", "vit-pcm", "pseudo_miou")
+    assert two.sd == pytest.approx(0.0353553, abs=1e-6)  # (.1, .05): |.1 - .05| / sqrt(2)
+    one = paired(runs({"vit-pcm": [0.5], "tkp": [0.7]}), "tkp", "vit-pcm", "pseudo_miou")
+    assert np.isnan(one.sd)
+    s = summary(runs({"vit-pcm": [0.50, 0.60, 0.55, 0.40], "tkp": [0.53, 0.61, 0.60, 0.42]}), "vit-pcm")
+    assert s.loc["tkp", "pseudo_miou_diff_sd"] == pytest.approx(0.017078, abs=1e-6)
