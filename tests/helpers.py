@@ -53,3 +53,18 @@ def enqueued(study, storage=None):
     for job in study_jobs(study):
         st.enqueue_trial(params={}, user_attrs=trial_attrs(job, study))
     return st
+
+
+def wait_for_health(port: int, seconds: float = 90.0) -> int | None:
+    """The HTTP status of an MLflow server's ``/health`` on 127.0.0.1:``port`` once it answers,
+    or None if it has not within ``seconds``."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
+        except OSError:
+            time.sleep(0.5)
+    return None

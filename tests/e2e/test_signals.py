@@ -11,12 +11,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
-from helpers import ROOT, child_runs, write_study
+from helpers import ROOT, child_runs, wait_for_health, write_study
 
 URI = "sqlite:///mlflow.db"
 RESUME = "run the same command again to resume"
@@ -212,13 +211,7 @@ def test_bench_ui_on_a_port_in_use_is_one_line_exit_2(tmp_path):
 def test_signal_to_bench_ui_stops_the_server_and_frees_the_port(tmp_path, sig):
     port = _free_port()
     proc = start_bench("ui", "--port", str(port), cwd=tmp_path)
-    deadline, status = time.time() + 90, None
-    while time.time() < deadline and status is None:
-        try:
-            status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
-        except OSError:
-            time.sleep(0.5)
-    assert status == 200
+    assert wait_for_health(port) == 200
     server = descendants(proc.pid)
     assert len(server) >= 3  # mlflow ui, uvicorn and its workers, the job runner
     proc.send_signal(sig)

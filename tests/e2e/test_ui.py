@@ -3,11 +3,10 @@
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
-from helpers import write_study
+from helpers import wait_for_health, write_study
 
 from bench.stores import Tracker
 
@@ -26,13 +25,7 @@ def test_bench_ui_serves_the_store_on_loopback(tmp_path):
         text=True,
     )
     try:
-        deadline, status = time.time() + 90, None
-        while time.time() < deadline and status is None:
-            try:
-                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
-            except OSError:
-                time.sleep(0.5)
-        assert status == 200
+        assert wait_for_health(port) == 200
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
         assert "MLflow" in page or "<html" in page.lower()
         assert (tmp_path / "mlflow.db").exists()  # the default store in the working directory
