@@ -18,9 +18,11 @@ Standard library only (``bench ui`` uses it without importing torch).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -64,6 +66,11 @@ def _tie_to_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+# Loggers silenced once a stop has begun: when the interrupt cuts a query of a store,
+# SQLAlchemy closes that connection and then logs a traceback for the cursor it can no longer
+# close. The trial is closed by bench's own shutdown; that traceback is noise in a worker's log.
+QUIET_WHEN_STOPPING = ("sqlalchemy.pool",)
+
 _received: list[int] = []  # the signal that started the shutdown, once one came
 
 
@@ -80,9 +87,23 @@ def raise_if_stopping() -> None:
         raise Interrupted(_received[0])
 
 
+def _unraisable(hook):
+    """``sys.unraisablehook`` under :func:`stop_on_signals`: an interrupt that landed in a
+    ``__del__`` or a weakref callback (Python prints and drops those) is left quiet; it is kept
+    in :func:`stop_requested` and raised again at the next safe point (:func:`raise_if_stopping`)."""
+
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            hook(unraisable)
+
+    return quiet
+
+
 def _handler(signum, frame) -> None:
     if not _received:
         _received.append(signum)
+        for name in QUIET_WHEN_STOPPING:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         raise Interrupted(signum)
     name = signal.Signals(signum).name
     os.write(2, f"bench: {name} while stopping: finishing the shutdown first (kill -9 stops at once)\n".encode())
@@ -98,6 +119,7 @@ def stop_on_signals() -> Iterator[None]:
         return
     _received.clear()
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     _tie_to_parent()
     try:
         yield
@@ -105,6 +127,7 @@ def stop_on_signals() -> Iterator[None]:
         if not _received:
             for s, h in previous.items():
                 signal.signal(s, h)
+            sys.unraisablehook = previous_hook
 
 
 def stop_processes(

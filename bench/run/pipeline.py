@@ -29,6 +29,7 @@ from tkp_pcl.stage2 import Stage2Inputs, train_segmentation
 
 from ..records import Attr, Stage, discarded_tag, resumed_tag
 from ..report.overlay import example_rows, overlay_grid, save_png
+from ..signals import raise_if_stopping
 from ..stores import Tracker
 from ..study import config_hash, study_jobs
 from .splits import TuneSplits
@@ -270,6 +271,7 @@ def _epoch_callback(ctx: TrialContext, trial, log, label: str, epochs: int, moni
     Optuna (``monitor``) and prune when the pruner says so (``pruning``)."""
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        raise_if_stopping()  # an interrupt that landed where Python drops it (a __del__)
         log(metrics, epoch)
         trial.set_user_attr(Attr.EPOCH, epoch + 1)
         if ctx.on_progress:

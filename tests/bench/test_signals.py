@@ -135,3 +135,50 @@ def test_a_store_error_that_comes_of_an_interrupt_is_the_interrupt(monkeypatch):
     with pytest.raises(Interrupted) as e:
         Store().write()
     assert e.value.signum == signal.SIGTERM
+
+
+def test_an_interrupt_that_cuts_a_store_query_leaves_no_traceback_in_the_log(tmp_path):
+    """SIGTERM at nine moments of an ORM fetch from SQLite (as in an Optuna storage): the
+    interrupt comes through every time (one that lands in a ``__del__`` at the next safe point),
+    and neither SQLAlchemy's pool ("Error closing cursor") nor Python ("Exception ignored in")
+    prints a traceback. Without the quieting, most runs print one."""
+    proc = python(f"""
+import logging, os, signal, threading, time
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+import bench.signals
+from bench.signals import Interrupted, stop_on_signals
+logging.basicConfig()
+class Base(DeclarativeBase): pass
+class Row(Base):
+    __tablename__ = "rows"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+engine = sa.create_engine("sqlite:///{tmp_path}/rows.db")
+Base.metadata.create_all(engine)
+with engine.begin() as c:
+    c.execute(sa.text("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 200000) "
+                      "INSERT INTO rows SELECT x, 'row' FROM n"))
+start = time.perf_counter()
+with Session(engine) as s:
+    s.query(Row).all()
+fetch = time.perf_counter() - start
+for part in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+    with stop_on_signals():
+        timer = threading.Timer(part * fetch, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        try:
+            with Session(engine) as s:
+                s.query(Row).all()
+            timer.join()
+            time.sleep(0.1)
+            bench.signals.raise_if_stopping()  # landed in a __del__, which Python drops
+        except Interrupted:
+            print("interrupted", flush=True)
+    bench.signals._received.clear()
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.NOTSET)
+""")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.split() == ["interrupted"] * 9
+    assert "Traceback" not in err and "Error closing cursor" not in err, err
