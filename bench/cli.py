@@ -395,7 +395,8 @@ def cmd_ls(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import ReportError, SearchInfo, build, search_study
+    from .report import ReportError, SearchInfo, search_study
+    from .report.build import build
     from .stores import store_exists
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -59,7 +59,7 @@ def mutmut_config(module: str, tests: list[str]) -> str:
     return (
         f"\n[tool.mutmut]\nsource_paths = {q([module])}\n"
         f"pytest_add_cli_args_test_selection = {q(tests)}\n"
-        f"pytest_add_cli_args = {q(['-p', 'no:cacheprovider', '-q'])}\n"
+        f"pytest_add_cli_args = {q(['-p', 'no:cacheprovider', '-q', '-n', '0'])}\n"
         f"also_copy = {q([p for p in ALSO_COPY if p != 'pyproject.toml'])}\n"
     )
 

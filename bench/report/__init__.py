@@ -1,9 +1,26 @@
 """The report of a study: runs read back from MLflow, statistics over seeds, typed blocks
 rendered to Markdown, HTML, CSV and LaTeX, plots, the protocol card, the search and
-confirmation sections, and the pseudo-label overlays (also written by each trial)."""
+confirmation sections, and the pseudo-label overlays (also written by each trial).
 
-from .build import build, power_advice
-from .runs import ReportError
-from .search_sections import SearchInfo, search_study
+Names are imported from their module on first use (as in :mod:`bench.run`), so a trial that
+writes its overlays (:mod:`bench.report.overlay`) does not import the plotting and statistics
+stack (seaborn, scipy) of the report. The report itself is :func:`bench.report.build.build`
+(a module and its function of one name: import it from the module).
+"""
 
-__all__ = ["ReportError", "SearchInfo", "build", "power_advice", "search_study"]
+from __future__ import annotations
+
+import importlib
+
+_HOME = {
+    "power_advice": "build",
+    "ReportError": "runs",
+    **dict.fromkeys(("SearchInfo", "search_study"), "search_sections"),
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

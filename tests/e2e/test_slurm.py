@@ -19,7 +19,7 @@ import pytest
 from helpers import child_runs, write_study
 
 PG_URL = os.environ.get("TKP_BENCH_PG_URL")
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("slurm")]  # one at a time on the node
 
 
 @pytest.fixture(autouse=True)
