@@ -5,11 +5,13 @@ Needs a running Slurm (TKP_BENCH_SLURM=1: `.ci/run` starts one with .ci/slurm.sh
 TKP_BENCH_PG_URL (.ci/postgres.sh); skipped without them, failed without them in CI (CI=true).
 """
 
+import fcntl
 import os
 import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +21,8 @@ import pytest
 from helpers import child_runs, write_study
 
 PG_URL = os.environ.get("TKP_BENCH_PG_URL")
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("slurm")]  # one at a time on the node
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+LOCK = Path(tempfile.gettempdir()) / "tkp-bench-slurm-tests.lock"
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +37,10 @@ def slurm():
         missing.append("TKP_BENCH_PG_URL not set (see .ci/postgres.sh)")
     if missing:
         (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)("; ".join(missing))
+    # one test at a time on the node (the tests run in several processes): each reads the queue whole
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def bench(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
