@@ -57,6 +57,8 @@ class Tag:
     JOB_KEY = "bench.job_key"
     CONFIG_HASH = "bench.config_hash"
     DEVICE = "bench.device"
+    PRECISION = "bench.precision"  # what stage 1 computed in: float32, bf16 or fp16 (train.amp, the device)
+    SEG_PRECISION = "bench.seg_precision"  # the same for stage 2 (segment.amp)
     OPTUNA_STUDY = "bench.optuna_study"
     WORLD_SIZE = "bench.world_size"
     STAGE = "bench.stage"  # Stage.SEARCH | Stage.CONFIRM | Stage.GRID

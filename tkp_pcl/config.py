@@ -126,8 +126,10 @@ class LossConfig(_Strict):
 
 class TrainConfig(_Strict):
     """Stage-1 optimisation. ``seed`` fixes weights, sampling order and augmentation. ``amp``
-    (CUDA only: bf16, or fp16 with a GradScaler) and ``compile`` (``torch.compile`` of the
-    training forward) change speed, not the method."""
+    (mixed precision where it is native: on CUDA bf16, or fp16 with a GradScaler; on a CPU with
+    native bf16, bf16; float32 elsewhere, see ``tkp_pcl.runtime.amp_setup``) and ``compile``
+    (``torch.compile`` of the training forward) change speed, not the method; ``amp`` also moves
+    the numbers within rounding of a lower precision, so each run records the precision it ran in."""
 
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(32, ge=1)
@@ -197,9 +199,10 @@ class SegmentConfig(_Strict):
     [``scale_min``, ``scale_max``], then a ``crop_size`` crop) and in evaluation (each of
     ``eval_scales``, aspect kept, logits resized back to H x W and averaged, with flips where
     ``eval_flip``).
-    ``amp`` (CUDA: bf16, or fp16 with a GradScaler), ``channels_last`` (helps the convolutions of
-    DeepLab, not a ViT) and ``compile`` (``torch.compile`` of the training forward) are speed
-    options that leave the result's meaning unchanged.
+    ``amp`` (as stage 1's: CUDA bf16 or fp16, bf16 on a CPU that has it natively),
+    ``channels_last`` (helps the convolutions of DeepLab, not a ViT) and ``compile``
+    (``torch.compile`` of the training forward) are speed options that leave the result's
+    meaning unchanged.
     """
 
     enabled: bool = False

@@ -3,9 +3,11 @@ the one optimizer step (with AMP's gradient scaler) both training stages take.""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,9 +17,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = [
     "amp_setup",
+    "cpu_has_native_bf16",
     "distributed",
     "make_loader",
     "optimizer_step",
+    "precision",
     "rank_sampler",
     "resolve_device",
     "seed_everything",
@@ -48,12 +52,32 @@ def train_device(name: str) -> torch.device:
     return device
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16, as Linux lists its
+    flags). Elsewhere bf16 is emulated, slower than float32, and autocast stays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def amp_setup(enabled: bool, device: torch.device) -> tuple[bool, torch.dtype, torch.amp.GradScaler]:
-    """Autocast on CUDA only: bf16 where supported, else fp16 with a GradScaler (a no-op scaler
-    otherwise). Returns (use autocast, its dtype, the scaler)."""
-    use = enabled and device.type == "cuda"
-    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
-    return use, dtype, torch.amp.GradScaler("cuda", enabled=use and dtype == torch.float16)
+    """Autocast where it is native: on CUDA bf16 where supported, else fp16 with a GradScaler;
+    on a CPU with native bf16 (:func:`cpu_has_native_bf16`), bf16; float32 otherwise (a no-op
+    scaler). Returns (use autocast, its dtype, the scaler)."""
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return True, dtype, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    use = enabled and device.type == "cpu" and cpu_has_native_bf16()
+    return use, torch.bfloat16, torch.amp.GradScaler(device.type, enabled=False)
+
+
+def precision(enabled: bool, device: torch.device) -> str:
+    """What :func:`amp_setup` computes in on ``device``: ``bf16``, ``fp16`` or ``float32``."""
+    use, dtype, _ = amp_setup(enabled, device)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if use else "float32"
 
 
 def seed_everything(seed: int) -> torch.Generator:

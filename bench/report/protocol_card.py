@@ -203,6 +203,14 @@ def _crf_text(v: dict[str, float]) -> str:
     )
 
 
+def precision(p: Params) -> Cell:
+    """What stage 1 computed in (the run's tag: ``train.amp`` on the device it ran on)."""
+    v = p.tag(Tag.PRECISION)
+    if v is None:
+        raise _Missing(Tag.PRECISION)
+    return Cell(v, v != "float32")
+
+
 def epochs(p: Params) -> Cell:
     n = int(p.num("train.epochs"))
     return Cell(str(n), n != 80)
@@ -270,6 +278,7 @@ ELEMENTS: list[tuple[str, str, Callable[[Params], Cell]]] = [
     ("pooling", "max", pooling),
     ("PCE", "none", pce),
     ("CRF", _crf_text(CRF_PUBLISHED), crf),
+    ("precision (stage 1)", "float32 (the official code sets no mixed precision)", precision),
     ("epochs", "80 (upper bound)", epochs),
     ("batch size", "64 (16 per GPU, 4 GPUs)", batch_size),
     ("split trained on", "voc train_aug (10,582 images)", lambda p: _split(p, "train_split", 0)),

@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tkp_pcl.data import Splits, seg_train_split_name
-from tkp_pcl.runtime import distributed
+from tkp_pcl.runtime import distributed, precision, resolve_device
 
 from ..records import SPLIT_ROLES, Attr, Stage, Tag, grid_tag, seed_metric, split_size_tag, split_tag, stage_of
 from ..stores import StudyStoreError, TrackingStoreError, worker_identity
@@ -129,6 +129,11 @@ def run_tags(ctx: TrialContext, trial: optuna.Trial, job: Job) -> dict[str, Any]
     }
     if job.confirm_of is not None:
         tags.update({Tag.CONFIRM_OF: job.confirm_of, Tag.CONFIRM_RANK: job.rank})
+    cfg = job.config
+    device = resolve_device(cfg.train.device)
+    tags[Tag.PRECISION] = precision(cfg.train.amp, device)
+    if cfg.segment.enabled:
+        tags[Tag.SEG_PRECISION] = precision(cfg.segment.amp, device)
     return tags
 
 

@@ -48,14 +48,22 @@ NEW_KEYS = {
 }
 
 
-def run(variant: str, changes: dict | None = None, new_keys: dict | None = NEW_KEYS, data: dict = VOC) -> dict:
-    """One row as mlflow.search_runs gives it: ``params.<dotted key>`` strings, the variant tag."""
+def run(
+    variant: str,
+    changes: dict | None = None,
+    new_keys: dict | None = NEW_KEYS,
+    data: dict = VOC,
+    precision: str | None = "float32",
+) -> dict:
+    """One row as mlflow.search_runs gives it: ``params.<dotted key>`` strings, the variant and
+    precision tags (no precision tag: a run from before it was recorded)."""
     raw = merge(FAITHFUL, changes or {})
     cfg = MethodConfig.model_validate(raw).model_dump(mode="json")
     params = {**{f"data.{k}": v for k, v in data.items()}, **flatten(cfg), **(new_keys or {})}
     return {
         "run_id": f"r{variant}",
         "tags.bench.variant": variant,
+        **({"tags.bench.precision": precision} if precision else {}),
         **{f"params.{k}": str(v) for k, v in params.items()},
     }
 
@@ -63,11 +71,11 @@ def run(variant: str, changes: dict | None = None, new_keys: dict | None = NEW_K
 def test_faithful_study_differs_nowhere():
     card = protocol_card(pd.DataFrame([run("vit-pcm"), run("vit-pcm")]))
     assert list(card.columns) == [PUBLISHED, STUDY, MARK]
-    assert card.index.name == "element" and len(card) == 18
+    assert card.index.name == "element" and len(card) == 19
     assert (card[MARK] == "").all(), card[card[MARK] != ""]
     assert card.loc["inference size (pseudo labels)", STUDY] == "960 px (60x60 patches), 2.5x the train size"
     assert card.loc["backbone and weights", STUDY] == "vit_base_patch16_384, timm pretrained weights"
-    assert protocol_sentence(card, "vit-pcm").startswith("0 of 18 protocol elements differ")
+    assert protocol_sentence(card, "vit-pcm").startswith("0 of 19 protocol elements differ")
 
 
 def test_variants_that_differ_are_listed_per_variant():
@@ -99,7 +107,7 @@ def test_variants_that_differ_are_listed_per_variant():
     assert card.loc["train size", STUDY] == "384 px (24x24 patches)"  # patch size from the timm name
     sentence = protocol_sentence(card, "vit-pcm")
     assert (
-        sentence.startswith("3 of 18 protocol elements differ")
+        sentence.startswith("3 of 19 protocol elements differ")
         and "1 for the baseline vit-pcm itself (equivariance)" in sentence
     )
 
@@ -122,7 +130,7 @@ def test_a_cpu_study_of_today_marks_what_differs_and_what_was_not_recorded():
         "segment.model": "vit_decoder",
     }
     syn = {"kind": "synthetic", "seed": 0, "n_train": 96, "n_val": 32, "size": 48}
-    runs = pd.DataFrame([run("vit-pcm", small, new_keys=None, data=syn)]).rename(
+    runs = pd.DataFrame([run("vit-pcm", small, new_keys=None, data=syn, precision=None)]).rename(
         columns={"tags.bench.variant": "variant"}
     )
     before = ["params.model.pretrained_file", *(f"params.{k}" for k in NEW_KEYS)]  # runs from before these options
@@ -130,6 +138,7 @@ def test_a_cpu_study_of_today_marks_what_differs_and_what_was_not_recorded():
     card = protocol_card(runs)
     assert card.loc["backbone-frozen warm-up", STUDY] == NOT_RECORDED
     assert card.loc["backbone-frozen warm-up", MARK] == "not recorded"
+    assert card.loc["precision (stage 1)", STUDY] == NOT_RECORDED
     assert (
         card.loc["equivariance", STUDY] == f"{NOT_RECORDED}, weight 1"
         and card.loc["equivariance", MARK] == "not recorded"
@@ -185,3 +194,9 @@ def test_the_splits_a_trial_says_it_read_win_over_its_configuration():
     )
     assert card.loc["split scored (pseudo labels)", MARK] == "differs: tkp-pcl"
     assert card.loc["split scored (segmentation)", STUDY] == "voc val"  # no tag: from the configuration
+
+
+def test_a_run_in_bf16_departs_from_the_float32_of_the_official_code():
+    card = protocol_card(pd.DataFrame([run("vit-pcm"), run("tkp-pcl", precision="bf16")]))
+    assert card.loc["precision (stage 1)", STUDY] == "vit-pcm: float32; tkp-pcl: bf16"
+    assert card.loc["precision (stage 1)", MARK] == "differs: tkp-pcl"

@@ -39,6 +39,7 @@ def test_lifecycle_completes_and_the_run_carries_config_hash_and_grid(lifecycle_
     run = lifecycle_ctx.tracker.client.get_run(life.run_id)
     assert life.state.name == "COMPLETE" and run.info.status == "FINISHED"
     assert run.data.tags["bench.config_hash"] == spec.config_hash and run.data.params["train.lr"] == "0.002"
+    assert run.data.tags["bench.precision"] == "float32"  # train.amp off
     assert lifecycle_ctx.optuna_study.trials[trial.number].value == 0.5
 
 
