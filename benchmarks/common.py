@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +22,22 @@ def quickstart_job(variant: str = "tkp-pcl"):
     study = load_study(ROOT / "studies" / "quickstart.yaml")
     job = next(j for j in study_jobs(study) if j.variant == variant and j.seed == 0)
     return study, job.config
+
+
+def matmul_gflops(
+    n: int = 2048, k: int | None = None, m: int | None = None, dtype=torch.float32, seconds: float = 2.0
+) -> float:
+    """Sustained GFLOP/s of an (n, k) @ (k, m) matmul (square 2048 by default) at ``dtype``: the
+    machine's speed of the day, printed beside every wall time."""
+    k, m = k or n, m or n
+    a, b = torch.randn(n, k, dtype=dtype), torch.randn(k, m, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n * k * m * reps / (time.perf_counter() - t0) / 1e9
 
 
 def machine() -> dict[str, str]:
