@@ -10,17 +10,11 @@ stack (seaborn, scipy) of the report. The report itself is :func:`bench.report.b
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 _HOME = {
     "power_advice": "build",
     "ReportError": "runs",
     **dict.fromkeys(("SearchInfo", "search_study"), "search_sections"),
 }
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+__getattr__, __all__ = lazy_exports(__name__, _HOME)

@@ -8,7 +8,7 @@ needs only a light module of this package (``bench ls`` reads Slurm's queue) nev
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 _HOME = {
     "TrialContext": "pipeline",
@@ -18,10 +18,4 @@ _HOME = {
     "run_trial": "trial",
     **dict.fromkeys(("finish_parent", "run_in_process", "run_workers", "wait_for_others", "work"), "worker"),
 }
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+__getattr__, __all__ = lazy_exports(__name__, _HOME)

@@ -8,7 +8,7 @@ ls``) never imports MLflow.
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 _HOME = {
     "file_lock": "file_lock",
@@ -31,10 +31,4 @@ _HOME = {
         "optuna_store",
     ),
 }
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+__getattr__, __all__ = lazy_exports(__name__, _HOME)
