@@ -129,7 +129,7 @@ def _main_section(df, s, status, base, study_name: str, pdir: Path, title: str =
                 f"t-interval below {T_INTERVAL_BELOW} seed pairs (it agrees with the t-test), the percentile "
                 f"bootstrap (scipy.stats.bootstrap) from {T_INTERVAL_BELOW} on; each claim below names the one "
                 "shown. p: two-sided paired t-test (scipy.stats.ttest_rel). Power: of that test at α = 0.05, "
-                "from the spread of the paired differences (statsmodels TTestPower): the smallest difference "
+                "from the spread of the paired differences (the noncentral t): the smallest difference "
                 "the study's seeds detect 80% of the time, and the seeds the observed difference needs."
             )
         )

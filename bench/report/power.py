@@ -3,13 +3,14 @@
 For a comparison over ``n`` seed pairs whose differences have sample standard deviation ``sd``:
 the smallest mean difference the test detects with :data:`POWER` at level :data:`ALPHA` with
 ``n`` pairs, and the number of pairs that would detect the observed difference with that power
-(``statsmodels.stats.power.TTestPower``: a one-sample t-test on the differences).
+(:func:`t_power`: the one-sample t-test on the differences, from the noncentral t distribution;
+statsmodels' ``TTestPower`` solver fails to converge, and returns NaN, for large effects, and
+a NaN must not read as "too small to settle").
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 POWER = 0.8
@@ -29,24 +30,41 @@ class Power:
     needed: int | None
 
 
+def t_power(effect: float, n: int) -> float:
+    """Power of the two-sided t-test on ``n`` paired differences at standardised effect
+    ``effect`` (|mean| / sd): P(|T| > t_crit) with T ~ noncentral t(n - 1, effect * sqrt(n)).
+    Where scipy's noncentral t gives NaN (power near 1), the normal approximation."""
+    from scipy import stats
+
+    df, nc = n - 1, effect * math.sqrt(n)
+    crit = stats.t.ppf(1 - ALPHA / 2, df)
+    p = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+    if not math.isfinite(p):
+        p = stats.norm.sf(crit - nc) + stats.norm.cdf(-crit - nc)
+    return float(p)
+
+
+def seeds_needed(effect: float) -> int | None:
+    """The fewest pairs (at least 2) whose test detects ``effect`` with :data:`POWER`; None
+    beyond :data:`MAX_SEEDS`. Power grows with the pairs: a bisection."""
+    if effect <= 0 or t_power(effect, MAX_SEEDS) < POWER:
+        return None
+    lo, hi = 1, MAX_SEEDS  # t_power(hi) >= POWER; lo is below every answer
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if t_power(effect, mid) >= POWER else (mid, hi)
+    return max(2, hi)
+
+
 def power(n: int, diff: float, sd: float) -> Power | None:
     """The power analysis of a paired comparison; None when it cannot be made (fewer than 2
     pairs, or differences that do not vary)."""
     if n < 2 or not math.isfinite(sd) or sd <= 0 or not math.isfinite(diff):
         return None
-    from statsmodels.stats.power import TTestPower
+    from scipy.optimize import brentq
 
-    solver = TTestPower()
-    detectable = float(solver.solve_power(nobs=n, alpha=ALPHA, power=POWER, alternative="two-sided")) * sd
-    needed = None
-    effect = abs(diff) / sd
-    if effect > 0:
-        with warnings.catch_warnings():  # a tiny effect: the solver warns before giving a huge count
-            warnings.simplefilter("ignore")
-            nobs = float(solver.solve_power(effect_size=effect, alpha=ALPHA, power=POWER, alternative="two-sided"))
-        if math.isfinite(nobs) and nobs <= MAX_SEEDS:
-            needed = max(2, math.ceil(nobs))
-    return Power(n, diff, sd, detectable, needed)
+    detectable = brentq(lambda e: t_power(e, n) - POWER, 1e-9, 1e3) * sd
+    return Power(n, diff, sd, detectable, seeds_needed(abs(diff) / sd))
 
 
 def clause(n: int, diff: float, sd: float, scale: float = 100.0, unit: str = "points") -> str:
