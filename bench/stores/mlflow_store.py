@@ -363,19 +363,6 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     @_store_call
-    def log_datasets(self, run_id: str, datasets: list[tuple[str, str, str]]) -> None:
-        """Each (name, digest, context) as one of the run's dataset inputs (the runs table's
-        Dataset column); ``context`` is the input's ``mlflow.data.context`` tag."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-        inputs = [
-            DatasetInput(Dataset(name, digest, "bench", name), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
-            for name, digest, context in datasets
-        ]
-        self.client.log_inputs(run_id, datasets=inputs)
-
-    @_store_call
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 

@@ -53,13 +53,6 @@ def test_smoke_run_logs_everything_and_rerun_adds_nothing(tmp_path, monkeypatch)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     rid = row["run_id"]
     assert [m.step for m in client.get_metric_history(rid, "monitor_pseudo_miou")] == [0, 1]
-    inputs = {
-        (d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"], len(d.dataset.digest))
-        for d in client.get_run(rid).inputs.dataset_inputs
-    }
-    # the synthetic train scenes train stage 1 and stage 2 and are scored as pseudo labels; val scores
-    assert {(n, c) for n, c, _ in inputs} == {("synthetic-train", "training, scoring"), ("synthetic-val", "scoring")}
-    assert {k for *_, k in inputs} == {16}
     arts = {a.path for a in client.list_artifacts(rid)}
     assert {
         "config.yaml",
