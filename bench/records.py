@@ -81,6 +81,8 @@ ROLE_TRIAL = "trial"
 GRID_TAG_PREFIX = "bench.grid."  # + the axis' dotted path: the run's value on that grid axis
 TRIALS_TAG_PREFIX = "bench.trials_"  # + a lower-case state: the parent run's trial counts
 SPLIT_ROLES = ("train", "pseudo", "val", "seg_train")  # the splits a trial reads, by role
+#: the dataset-input context of each split role (MLflow's ``mlflow.data.context``)
+SPLIT_CONTEXTS = {"train": "training", "pseudo": "scoring", "val": "scoring", "seg_train": "training"}
 
 
 def grid_tag(axis: str) -> str:

@@ -10,6 +10,10 @@ torchrun entry :mod:`bench.run.ddp`, ``bench ui``): SIGTERM (a scheduler, a cont
 - Later ones, while that shutdown runs, are noted on stderr and otherwise ignored, so the
   shutdown is never cut half-way (``kill -9`` still stops at once; the next run then finds the
   trial dead and resumes it).
+- SIGUSR2 (:data:`PREEMPT`: the pre-timeout signal ``bench submit`` asks Slurm for, through
+  submitit) is a soft stop: the trial goes on to the end of its current epoch (its checkpoint
+  written), then stops as an interrupt does. A SIGINT or SIGTERM that comes before then stops at
+  once. Either way :func:`preempted` tells the worker that a scheduler wants the node back.
 - A child started with :func:`child_env` (``bench run --workers N``'s workers) is tied to its
   parent by :func:`stop_on_signals`: if the parent dies, even by ``kill -9``, it receives SIGTERM.
 
@@ -31,6 +35,8 @@ from contextlib import contextmanager
 from tkp_pcl.process import die_with_parent
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: the soft stop: submitit's pre-timeout signal for Slurm (``--signal=USR2@<delay>``)
+PREEMPT = signal.SIGUSR2
 PARENT_ENV = "BENCH_PARENT_PID"  # set by a parent for the children that die with it
 
 
@@ -72,6 +78,7 @@ def _tie_to_parent() -> None:
 QUIET_WHEN_STOPPING = ("sqlalchemy.pool",)
 
 _received: list[int] = []  # the signal that started the shutdown, once one came
+_preempted: list[int] = []  # PREEMPT, once it came
 
 
 def stop_requested() -> int | None:
@@ -79,10 +86,23 @@ def stop_requested() -> int | None:
     return _received[0] if _received else None
 
 
+def preempted() -> bool:
+    """Whether the pre-timeout signal (:data:`PREEMPT`) came."""
+    return bool(_preempted)
+
+
+def _begin_stop(signum: int) -> None:
+    _received.append(signum)
+    for name in QUIET_WHEN_STOPPING:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def raise_if_stopping() -> None:
-    """Raise :class:`Interrupted` again if a signal came: a safety net at safe points (before a
-    trial is claimed), for an interrupt that Python swallowed where it landed (an at-fork
-    callback, a ``__del__``)."""
+    """At a safe point (an epoch's end, before a trial is claimed): raise :class:`Interrupted`
+    for a soft stop that is due (:data:`PREEMPT`), or again for an interrupt that Python
+    swallowed where it landed (an at-fork callback, a ``__del__``)."""
+    if not _received and _preempted:
+        _begin_stop(_preempted[0])
     if _received:
         raise Interrupted(_received[0])
 
@@ -101,30 +121,39 @@ def _unraisable(hook):
 
 def _handler(signum, frame) -> None:
     if not _received:
-        _received.append(signum)
-        for name in QUIET_WHEN_STOPPING:
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        _begin_stop(signum)
         raise Interrupted(signum)
     name = signal.Signals(signum).name
     os.write(2, f"bench: {name} while stopping: finishing the shutdown first (kill -9 stops at once)\n".encode())
 
 
+def _soft_handler(signum, frame) -> None:
+    if _received or _preempted:
+        return
+    _preempted.append(signum)
+    name = signal.Signals(signum).name
+    os.write(2, f"bench: {name} (pre-timeout): stopping at the end of this epoch; its trial is queued again\n".encode())
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Interrupted` once in the block, later ones are ignored
-    (with a note on stderr); the previous handlers come back on leaving unless an interrupt
-    came (the process is then shutting down). Outside the main thread, nothing changes."""
+    (with a note on stderr); :data:`PREEMPT` asks for a soft stop. The previous handlers come
+    back on leaving unless a signal came (the process is then shutting down). Outside the main
+    thread, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _received.clear()
+    _preempted.clear()
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    previous[PREEMPT] = signal.signal(PREEMPT, _soft_handler)
     previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     _tie_to_parent()
     try:
         yield
     finally:
-        if not _received:
+        if not _received and not _preempted:
             for s, h in previous.items():
                 signal.signal(s, h)
             sys.unraisablehook = previous_hook

@@ -271,11 +271,13 @@ def _epoch_callback(ctx: TrialContext, trial, log, label: str, epochs: int, moni
     Optuna (``monitor``) and prune when the pruner says so (``pruning``)."""
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-        raise_if_stopping()  # an interrupt that landed where Python drops it (a __del__)
         log(metrics, epoch)
         trial.set_user_attr(Attr.EPOCH, epoch + 1)
         if ctx.on_progress:
             ctx.on_progress(label, epoch + 1, epochs)
+        # the epoch is checkpointed and logged: a soft stop (the pre-timeout signal) is due here,
+        # as is an interrupt that landed where Python drops it (a __del__)
+        raise_if_stopping()
         value = metrics["monitor_pseudo_miou"]
         if monitor and value == value:
             trial.report(value, epoch)

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from ..records import DONE, LIVE, Attr, Stage, Tag, stage_of
 from ..stores import claim_waiting_trial, fail_dead_trials, study_lock
-from ..study import Job, StudyError, check_study_file, confirmation_jobs, study_jobs, trial_attrs
+from ..study import JOB_ATTRS, Job, StudyError, check_study_file, confirmation_jobs, study_jobs, trial_attrs
 
 #: a run whose Optuna trial ended while the run stayed RUNNING (crash, store failure) ends so
 RUN_END = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
@@ -122,6 +122,22 @@ def prepare(h) -> dict[str, int]:
                 queued += 1
     queued += enqueue_confirmation(h, retry_failed=True)  # a failed confirmation run: retried once per run
     return {"dead": dead, "queued": queued}
+
+
+def requeue(h, number: int) -> bool:
+    """Queue the job of trial ``number`` (interrupted: a signal, a scheduler's pre-timeout or
+    preemption) again, as a copy with its stored job attributes (a search trial's parameters
+    fixed), so any worker of the study resumes it from the job's checkpoint. Once: under the
+    study's lock, and not while a live trial holds the job's key. Returns whether it queued."""
+    with study_lock(h.storage_url, h.study.name):
+        trials = h.trials()
+        old = next((t for t in trials if t.number == number), None)
+        key = old.user_attrs.get(Attr.JOB_KEY) if old is not None else None
+        if key is None or any(t.user_attrs.get(Attr.JOB_KEY) == key and t.state.name in LIVE for t in trials):
+            return False
+        attrs = {k: v for k, v in old.user_attrs.items() if k in JOB_ATTRS}
+        h.optuna_study.enqueue_trial(params=old.params, user_attrs=attrs, skip_if_exists=False)
+    return True
 
 
 def next_trial(h) -> optuna.Trial | None:

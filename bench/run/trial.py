@@ -8,6 +8,7 @@ and logs the metrics and artifacts; the lifecycle tells Optuna and ends the run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +23,18 @@ from optuna.trial import TrialState
 from tkp_pcl.data import Splits, seg_train_split_name
 from tkp_pcl.runtime import distributed, precision, resolve_device
 
-from ..records import SPLIT_ROLES, Attr, Stage, Tag, grid_tag, seed_metric, split_size_tag, split_tag, stage_of
+from ..records import (
+    SPLIT_CONTEXTS,
+    SPLIT_ROLES,
+    Attr,
+    Stage,
+    Tag,
+    grid_tag,
+    seed_metric,
+    split_size_tag,
+    split_tag,
+    stage_of,
+)
 from ..stores import StudyStoreError, TrackingStoreError, worker_identity
 from ..study import (
     CategoricalParam,
@@ -70,6 +82,8 @@ def claimed_job(ctx: TrialContext, trial: optuna.Trial) -> Job:
             trial.set_user_attr(k, v)
         return job
     key, variant = attrs[Attr.JOB_KEY], attrs[Attr.VARIANT]
+    if stage_of(key) == Stage.SEARCH and not trial.params:  # a queued copy: its fixed values recorded
+        sample_params(study, trial)
     listed = {j.key: j for j in ctx.jobs}.get(key)
     stored = stored_config(trial)
     if stored is None:
@@ -248,6 +262,22 @@ def split_tags(splits: Splits) -> dict[str, Any]:
     return tags
 
 
+def split_inputs(splits: Splits) -> list[tuple[str, str, str]]:
+    """(name, digest of its image ids, context) of each distinct split a trial reads: its
+    MLflow dataset inputs, so runs on different splits (a search's tune part, a confirmation's
+    report part) are told apart in the runs table. MLflow keeps one input per dataset, so a
+    split both trained on and scored (the synthetic train scenes) has context
+    ``training, scoring``."""
+    inputs: dict[str, tuple[str, list[str]]] = {}
+    for role in SPLIT_ROLES:
+        split = getattr(splits, role)
+        digest = hashlib.sha256("\n".join(split.ids).encode()).hexdigest()[:16]
+        contexts = inputs.setdefault(split.name, (digest, []))[1]
+        if SPLIT_CONTEXTS[role] not in contexts:
+            contexts.append(SPLIT_CONTEXTS[role])
+    return [(name, digest, ", ".join(contexts)) for name, (digest, contexts) in inputs.items()]
+
+
 def seed_values(per_seed: Mapping[int, Mapping[str, float]], metric: str, prefix: str) -> dict[str, float]:
     """The metrics a search run logs for its seeds: each key's mean over the seeds as
     ``<prefix><key>`` (``prefix`` = ``tune_`` when scored on the tune split), and with 2+ seeds
@@ -302,6 +332,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> TrialState:
     paths = []
     with TrialLifecycle(ctx, trial, job) as life:
         ctx.tracker.set_tags(life.run_id, split_tags(tctx.splits))
+        ctx.tracker.log_datasets(life.run_id, split_inputs(tctx.splits))
         if job.stage == Stage.SEARCH:
             ctx.tracker.set_tags(life.run_id, {Tag.SEARCH_SEEDS: ",".join(map(str, seeds))})
         per_seed, first, paths = _train_seeds(tctx, trial, life, job, seeds)

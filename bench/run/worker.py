@@ -49,10 +49,24 @@ def work(h, on_progress=None, on_trial_end=None, before_stage1: Callable | None 
                 finish_parent(h)  # the last worker of an array (or of machines) closes the study's parent run
             return produced
         with heartbeat(h.storage, h.optuna_study, trial):
-            state = run_trial(ctx, trial)
+            try:
+                state = run_trial(ctx, trial)
+            except KeyboardInterrupt:
+                _queue_again(h, trial.number)
+                raise
         produced[state.name] += 1
         if on_trial_end:
             on_trial_end(trial, state)
+
+
+def _queue_again(h, number: int) -> None:
+    """An interrupted trial's job back in the queue, for whichever worker comes next (this one
+    requeued by Slurm, another task of its array, the next ``bench run``); a store that fails
+    now leaves that to the next ``bench run``, which queues every job not done."""
+    try:
+        queue.requeue(h, number)
+    except Exception as e:  # noqa: BLE001 - the interrupt is what this process reports
+        print(f"bench: trial {number} was not queued again ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def wait_for_others(h, poll: float = 2.0) -> None:

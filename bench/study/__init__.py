@@ -6,7 +6,7 @@ an error before torch, MLflow or Optuna is imported.
 
 from .check import check_study_file, yaml_path
 from .errors import StudyError, input_error_types
-from .identity import config_hash, data_json, first_difference, run_config, stored_config, trial_attrs
+from .identity import JOB_ATTRS, config_hash, data_json, first_difference, run_config, stored_config, trial_attrs
 from .jobs import Job, confirm_total, confirmation_jobs, rank_trials, search_job, study_jobs, top_label
 from .resolve import flatten, merge, search_config, search_variant, variant_config, with_execution_values, with_seed
 from .schema import CategoricalParam, FloatParam, IntParam, SearchConfig, Study, check_data_root, load_study
@@ -39,6 +39,7 @@ __all__ = [
     "study_jobs",
     "top_label",
     "trial_attrs",
+    "JOB_ATTRS",
     "variant_config",
     "with_execution_values",
     "with_seed",

@@ -66,6 +66,22 @@ def protocol_difference(study, stored: str) -> str | None:
     return None
 
 
+#: the user attributes :func:`trial_attrs` may write: what a queued copy of a trial carries over
+JOB_ATTRS = (
+    Attr.JOB_KEY,
+    Attr.VARIANT,
+    Attr.SEED,
+    Attr.CONFIG,
+    Attr.CONFIG_HASH,
+    Attr.DATA,
+    Attr.GRID,
+    Attr.STAGE,
+    Attr.CONFIRM_OF,
+    Attr.CONFIRM_RANK,
+    Attr.SEARCH_PROTOCOL,
+)
+
+
 def trial_attrs(job, study) -> dict[str, Any]:
     """The Optuna user attributes a job is stored with: its key, variant and seed, its resolved
     configuration and hash, the study's data section, and what its stage needs (a grid job's

@@ -56,6 +56,34 @@ with stop_on_signals():
     assert err.strip().startswith("bench: SIGINT while stopping: finishing the shutdown first"), err
 
 
+def test_the_pre_timeout_signal_stops_at_the_next_safe_point_and_sigterm_still_stops_at_once():
+    proc = python("""
+import os, signal, sys, time
+from bench.signals import exit_code, preempted, raise_if_stopping, stop_on_signals
+with stop_on_signals():
+    os.kill(os.getpid(), signal.SIGUSR2)
+    os.kill(os.getpid(), signal.SIGUSR2)  # Slurm's and submitit's: heeded once
+    time.sleep(0.2)
+    print("epoch finished", preempted(), flush=True)  # no interrupt in the middle of the work
+    try:
+        raise_if_stopping()  # the epoch's end
+    except KeyboardInterrupt as e:
+        print("stopped", e, flush=True)
+with stop_on_signals():
+    os.kill(os.getpid(), signal.SIGUSR2)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # before the epoch's end: at once
+        time.sleep(10)
+    except KeyboardInterrupt as e:
+        print("stopped", e, preempted(), flush=True)
+        sys.exit(exit_code(e))
+""")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert out.split("\n")[:3] == ["epoch finished True", "stopped SIGUSR2", "stopped SIGTERM True"]
+    assert err.count("SIGUSR2 (pre-timeout): stopping at the end of this epoch") == 2, err  # once per block
+
+
 def test_handlers_come_back_after_the_block():
     from bench.signals import stop_on_signals
 

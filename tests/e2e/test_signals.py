@@ -115,6 +115,9 @@ def assert_resumable(cwd: Path, monkeypatch, trials: int, interrupted: list[int]
     assert len(st.trials) == trials
     assert {t.number: t.state.name for t in st.trials if t.number in interrupted} == dict.fromkeys(interrupted, "FAIL")
     assert not st.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    waiting = st.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    keys = sorted(st.trials[n].user_attrs["job_key"] for n in interrupted)
+    assert sorted(t.user_attrs["job_key"] for t in waiting) == keys  # each queued again, once
     if runs_closed:
         monkeypatch.chdir(cwd)
         children, _ = child_runs(URI, "smoke")
@@ -150,7 +153,7 @@ def test_sigterm_to_bench_run_closes_the_trial_and_the_rerun_resumes_it(tmp_path
     assert proc.returncode == 143, err
     assert_one_line(err, f"bench: interrupted (SIGTERM); {RESUME}")
     assert not wait_gone(kids)
-    assert_resumable(tmp_path, monkeypatch, trials=1, interrupted=running)
+    assert_resumable(tmp_path, monkeypatch, trials=2, interrupted=running)
     st = journal_study(tmp_path)
     assert st.trials[0].state.name == "FAIL" and st.trials[0].user_attrs["error"] == "Interrupted: SIGTERM"
     children, _ = child_runs(URI, "smoke")
@@ -161,6 +164,33 @@ def test_sigterm_to_bench_run_closes_the_trial_and_the_rerun_resumes_it(tmp_path
     children, _ = child_runs(URI, "smoke")
     resumed = children[children["status"] == "FINISHED"]["tags.bench.resumed_from_epoch"]
     assert int(resumed.iloc[0]) >= 1  # the interrupted trial's epochs were kept
+
+
+def test_pre_timeout_signal_stops_at_the_epoch_s_end_and_the_rerun_resumes_there(tmp_path, monkeypatch):
+    """SIGUSR2 (what ``bench submit`` asks Slurm to send before the time limit): the epoch under
+    way finishes and is checkpointed, then the trial is closed and queued again."""
+    study = write_study(tmp_path / "s.yaml", {**SMALL, "base.train.epochs": 20}, variants={"tkp-pcl": {}})
+    proc = start_bench("run", str(study), cwd=tmp_path)
+    wait_running(proc, tmp_path)
+    running = running_trials(tmp_path)
+    proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGUSR2, err
+    assert "Traceback" not in err, err
+    assert [ln for ln in err.splitlines() if ln.startswith("bench:")] == [
+        "bench: SIGUSR2 (pre-timeout): stopping at the end of this epoch; its trial is queued again",
+        "bench: stopped (SIGUSR2, pre-timeout); a trial under way was checkpointed and queued again",
+    ]
+    assert_resumable(tmp_path, monkeypatch, trials=2, interrupted=running)
+    st = journal_study(tmp_path)
+    stopped_after = st.trials[running[0]].user_attrs["epoch"]  # epochs done and checkpointed
+    assert stopped_after >= 2  # the signal came during epoch 2 or later, and that epoch was finished
+
+    assert_finishes(study, tmp_path, monkeypatch, ["tkp-pcl"])
+    children, _ = child_runs(URI, "smoke")
+    assert sorted(children["status"]) == ["FINISHED", "KILLED"]
+    resumed = children[children["status"] == "FINISHED"]["tags.bench.resumed_from_epoch"]
+    assert int(resumed.iloc[0]) == stopped_after  # nothing done twice
 
 
 @pytest.mark.slow
@@ -182,7 +212,7 @@ def test_signals_to_bench_run_with_two_workers_stop_the_workers_once(tmp_path, m
         if sig != signal.SIGKILL:
             assert_one_line(err, f"bench: interrupted ({sig.name}); {RESUME}")
         assert not wait_gone(workers), f"after {sig.name}: workers left running"
-        assert_resumable(tmp_path, monkeypatch, trials=2 * k, interrupted=running, runs_closed=False)
+        assert_resumable(tmp_path, monkeypatch, trials=2 * k + 2, interrupted=running, runs_closed=False)
         for i in range(2):
             log = (tmp_path / f".bench/smoke/worker-{i}.log").read_text()
             assert "Traceback" not in log, log
