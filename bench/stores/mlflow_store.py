@@ -76,6 +76,27 @@ def _root_cause(e: BaseException, outside: BaseException | None = None) -> BaseE
         e = inner
 
 
+#: seconds between two samples of a run's system metrics (MLflow's default; its variable
+#: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it)
+SYSTEM_METRICS_INTERVAL_S = 10
+
+
+def system_metrics_on() -> bool:
+    """Whether trial runs log system metrics: yes unless MLflow's own switch says false."""
+    return os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() not in ("false", "0")
+
+
+def node_id() -> str:
+    """This node's name: Slurm's where a Slurm job runs here, else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def _duplicate_row(e: BaseException) -> bool:
+    """Whether a store error is a unique constraint of the database (SQLite, PostgreSQL, MySQL)."""
+    text = f"{type(_root_cause(e)).__name__}: {_root_cause(e)}"
+    return any(m in text for m in ("IntegrityError", "UNIQUE constraint failed", "duplicate key", "Duplicate entry"))
+
+
 def _store_call(method):
     """Turn any failure of the MLflow store inside a Tracker method into one TrackingStoreError;
     one that comes of a SIGINT/SIGTERM received meanwhile is that interrupt (bench.signals)."""
@@ -253,6 +274,7 @@ class Tracker:
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._parent: str | None = None
+        self._monitors: dict[str, Any] = {}  # run id -> its SystemMetricsMonitor
 
     @property
     def client(self) -> MlflowClient:
@@ -349,7 +371,27 @@ class Tracker:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run.info.run_id, params=items[i : i + 100])
+        self._watch(run.info.run_id)
         return run.info.run_id
+
+    def _watch(self, run_id: str) -> None:
+        """MLflow's system metrics for the run while it lasts (CPU, memory, disk, network; GPU
+        utilisation and memory where NVIDIA's library finds a GPU), every
+        :data:`SYSTEM_METRICS_INTERVAL_S` seconds, named after this node (``system/<node>/...``)
+        so runs of several nodes never mix. Off with ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false``."""
+        if not system_metrics_on():
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, node_id=node_id(), tracking_uri=self.uri
+        )
+        monitor.start()
+        self._monitors[run_id] = monitor
+
+    def _unwatch(self, run_id: str) -> None:
+        if (monitor := self._monitors.pop(run_id, None)) is not None:
+            monitor.finish()  # its last samples written before the run ends
 
     @_store_call
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -363,12 +405,35 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     @_store_call
+    def log_datasets(self, run_id: str, datasets: list[tuple[str, str, str]]) -> None:
+        """Each (name, digest, context) as one of the run's dataset inputs (the runs table's
+        Dataset column); ``context`` is the input's ``mlflow.data.context`` tag."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [
+            DatasetInput(Dataset(name, digest, "bench", name), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+            for name, digest, context in datasets
+        ]
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except Exception as e:
+                # two workers logging a new dataset at once: one inserts its row, the other's insert
+                # breaks MLflow's unique (experiment, name, digest); logged again, the row is found
+                if attempt == 2 or not _duplicate_row(e):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    @_store_call
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     @_store_call
     def end(self, run_id: str, status: str) -> None:
         """``status``: FINISHED, FAILED or KILLED (pruned trials are KILLED, tagged PRUNED)."""
+        self._unwatch(run_id)
         self.client.set_terminated(run_id, status)
 
     @_store_call

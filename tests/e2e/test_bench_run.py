@@ -1,6 +1,7 @@
 """`bench run` end to end on real Optuna storage and a real MLflow store (slow: whole studies)."""
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ def bench(*args, cwd):
 
 def test_smoke_run_logs_everything_and_rerun_adds_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a smoke trial is shorter than 10 s
     study = write_study(tmp_path / "smoke.yaml")
     assert main(["run", str(study)]) == 0
     children, parents = child_runs(URI, "smoke")
@@ -53,6 +55,16 @@ def test_smoke_run_logs_everything_and_rerun_adds_nothing(tmp_path, monkeypatch)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     rid = row["run_id"]
     assert [m.step for m in client.get_metric_history(rid, "monitor_pseudo_miou")] == [0, 1]
+    inputs = {
+        (d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"], len(d.dataset.digest))
+        for d in client.get_run(rid).inputs.dataset_inputs
+    }
+    # the synthetic train scenes train stage 1 and stage 2 and are scored as pseudo labels; val scores
+    assert {(n, c) for n, c, _ in inputs} == {("synthetic-train", "training, scoring"), ("synthetic-val", "scoring")}
+    assert {k for *_, k in inputs} == {16}
+    node = socket.gethostname()  # system metrics, named after the node they were measured on
+    for m in ("cpu_utilization_percentage", "system_memory_usage_megabytes"):
+        assert client.get_metric_history(rid, f"system/{node}/{m}"), m
     arts = {a.path for a in client.list_artifacts(rid)}
     assert {
         "config.yaml",
