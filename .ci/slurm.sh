@@ -37,6 +37,15 @@ write_conf() {
   mkdir -p "$STATE/state" "$STATE/spool" /etc/slurm
   local node
   node=$(slurmd -C | head -1)  # NodeName=<hostname> CPUs=... RealMemory=...
+  # two GPUs as a generic resource on stand-in device files (character devices like /dev/null):
+  # `bench submit --gpus-per-worker 2` is scheduled as on a GPU node; its ranks find no CUDA, use gloo
+  for i in 0 1; do
+    [ -c "$STATE/fake-gpu$i" ] || { rm -f "$STATE/fake-gpu$i"; mknod "$STATE/fake-gpu$i" c 1 3; }
+  done
+  cat >"$(dirname "$CONF")/gres.conf" <<EOF
+$MARK
+NodeName=$(hostname) Name=gpu File=$STATE/fake-gpu[0-1]
+EOF
   cat >"$CONF" <<EOF
 $MARK
 ClusterName=bench
@@ -44,6 +53,7 @@ SlurmctldHost=$(hostname)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/state
 SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$STATE/slurmctld.pid
@@ -61,7 +71,8 @@ MinJobAge=600
 KillWait=10
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
-$node State=UNKNOWN
+GresTypes=gpu
+$node Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -73,8 +84,11 @@ alive() {  # a pid file whose process runs (not a zombie)
 node_state() { sinfo -h -N -n "$(hostname)" -o %T 2>/dev/null | head -1; }
 
 wait_idle() {
-  for _ in $(seq 60); do
-    case "$(node_state)" in idle | mixed | allocated | completing) return 0 ;; esac
+  for i in $(seq 60); do
+    case "$(node_state)" in
+      idle | mixed | allocated | completing) return 0 ;;
+      drained | drain* | inval) [ "$i" -gt 3 ] && { scontrol update nodename="$(hostname)" state=resume 2>/dev/null || true; } ;;
+    esac  # (drained: by an earlier configuration kept in the state folder)
     sleep 1
   done
   echo "slurm: node $(hostname) is '$(node_state)', not idle after 60 s" >&2

@@ -18,7 +18,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .records import Attr, StudyAttr
-from .signals import exit_code, signum_of, stop_on_signals
+from .signals import PREEMPT, exit_code, signum_of, stop_on_signals
 from .stores.errors import StoreError, TrackingStoreError  # light: no Optuna, no MLflow
 from .study import (  # pydantic + PyYAML only: a bad file fails fast
     Study,
@@ -126,8 +126,18 @@ def _submit_parser(sub) -> None:
     sp.add_argument("--tracking-uri", help="MLflow tracking server or database URI every node reaches (as for run)")
     sp.add_argument("--storage", help="Optuna storage every node reaches: postgresql://... (as for run)")
     sp.add_argument("--workers", type=int, required=True, help="array tasks, each one `bench worker`")
-    sp.add_argument("--gpus-per-worker", type=int, help="GPUs of each task (default: cluster.gpus_per_worker, else 0)")
-    sp.add_argument("--cpus-per-worker", type=int, help="CPUs (and torch threads) of each task (default 1)")
+    sp.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        help="GPUs of each worker; > 1: as many data-parallel ranks, one Slurm task each (default 0)",
+    )
+    sp.add_argument("--cpus-per-worker", type=int, help="CPUs (and torch threads) of each task or rank (default 1)")
+    sp.add_argument(
+        "--signal-delay",
+        type=int,
+        help="seconds before the time limit Slurm sends the pre-timeout signal: the worker stops at its "
+        "epoch's end and the task is requeued (default 120)",
+    )
     sp.add_argument("--partition", help="Slurm partition (default: cluster.partition, else Slurm's default)")
     sp.add_argument("--time", help="each task's time limit: MINUTES, HH:MM:SS or D-HH:MM:SS")
     sp.add_argument("--mem", help="each task's memory, as sbatch --mem (16G)")
@@ -322,7 +332,9 @@ def cmd_submit(args) -> int:
     study = validate_inputs(args)
     check_data_root(args.study, study)
     storage_url, tracking_uri = store_urls(args, study)
-    flags = {k: getattr(args, k) for k in ("partition", "time", "mem", "cpus_per_worker", "gpus_per_worker")}
+    flags = {
+        k: getattr(args, k) for k in ("partition", "time", "mem", "cpus_per_worker", "gpus_per_worker", "signal_delay")
+    }
     req = slurm_request(study, args.workers, flags, args.slurm or [])
     check_request(storage_url, tracking_uri, args.local_ok)
     ex = executor(req, study.name)
@@ -534,11 +546,15 @@ LONG_RUNNING = ("run", "worker", "ui")
 
 
 def interrupted_line(e: BaseException, command: str) -> str:
-    """The one line a command stopped by SIGINT / SIGTERM ends with."""
+    """The one line a command stopped by SIGINT / SIGTERM / the pre-timeout signal ends with."""
     import signal
 
-    then = "the MLflow UI is stopped" if command == "ui" else "run the same command again to resume"
-    return f"bench: interrupted ({signal.Signals(signum_of(e)).name}); {then}"
+    name = signal.Signals(signum_of(e)).name
+    if command == "ui":
+        return f"bench: interrupted ({name}); the MLflow UI is stopped"
+    if signum_of(e) == PREEMPT:
+        return f"bench: stopped ({name}, pre-timeout); a trial under way was checkpointed and queued again"
+    return f"bench: interrupted ({name}); run the same command again to resume"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,10 @@ for a confirmation stage) and does all Optuna and MLflow work, pseudo labels and
 each stage-1 training (one per seed of a search trial) it sends the configuration to the other
 ranks, which only join stage-1 training. Backend: NCCL on CUDA, gloo on the CPU.
 
+With ``--worker`` rank 0 is a ``bench worker`` (the study must exist; it queues nothing): each
+task of ``bench submit --gpus-per-worker G`` runs one rank, its rank read from Slurm's
+environment (:func:`ranks_from_slurm`).
+
 SIGINT / SIGTERM (torchrun passes them on to every rank as SIGTERM) are handled as by ``bench``
 (:mod:`bench.signals`): rank 0 closes its trial as interrupted and prints the one line, every
 rank exits with 128 + the signal's number.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 
 import torch
@@ -26,7 +31,7 @@ import torch.distributed as dist
 from tkp_pcl.config import MethodConfig
 from tkp_pcl.stage1 import train_stage1
 
-from ..signals import exit_code, stop_on_signals
+from ..signals import PREEMPT, exit_code, signum_of, stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri")
     ap.add_argument("--storage")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--worker", action="store_true", help="as `bench worker`: run queued trials, queue none")
     ap.set_defaults(command="run")  # validated as `bench run` validates its inputs
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     with stop_on_signals():
+        ranks_from_slurm()
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=dt.timedelta(hours=3))
         rank = dist.get_rank()
         try:
@@ -52,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
             return exit_code(e)
         finally:
             dist.destroy_process_group()
+
+
+def ranks_from_slurm() -> None:
+    """Under a Slurm job of several tasks (``bench submit --gpus-per-worker G``), each task a
+    rank: torch.distributed's variables (``MASTER_ADDR``, ``RANK``, ``LOCAL_RANK``, ...) from
+    Slurm's, as torchrun sets them; nothing where they are set already or one task runs."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)  # each rank picks its GPU by LOCAL_RANK
 
 
 def _broadcast(obj):
@@ -68,6 +86,7 @@ def rank_zero(args) -> int:
     from ..stores import StoreError
     from ..study import input_error_types
     from . import finish_parent, prepare, start, work
+    from .queue import check_lost_results
 
     told = [False]
 
@@ -78,8 +97,8 @@ def rank_zero(args) -> int:
 
     try:
         study = validate_inputs(args)
-        h = start(study, args.study, *store_urls(args, study), create=True)
-        prepare(h)
+        h = start(study, args.study, *store_urls(args, study), create=not args.worker)
+        check_lost_results(h) if args.worker else prepare(h)
         produced = work(h, before_stage1=lambda cfg, ckpt: _broadcast((cfg.model_dump(mode="json"), str(ckpt))))
         stop_others()
         finish_parent(h)
@@ -88,7 +107,9 @@ def rank_zero(args) -> int:
         stop_others()
         print(f"bench: error: {e}", file=sys.stderr)
         return e.exit_code if isinstance(e, StoreError) else EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # every rank is being stopped (torchrun signals them all): no broadcast
+    except KeyboardInterrupt as e:  # every rank is being stopped (torchrun signals them all): no broadcast,
+        if signum_of(e) == PREEMPT:  # except after the soft stop, which the other ranks wait out
+            stop_others()
         raise
     except BaseException:
         stop_others()

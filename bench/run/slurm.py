@@ -50,6 +50,12 @@ class SubmitError(StudyError):
     """``bench submit`` cannot submit: one line, exit 2, nothing submitted."""
 
 
+#: the pre-timeout signal's default lead on the time limit, and the part of it a worker may
+#: take to reach its epoch's end (the rest: closing the trial, requeueing)
+SIGNAL_DELAY_S = 120
+GRACE_MARGIN_S = 20
+
+
 @dataclass
 class SlurmRequest:
     """What each of the array's tasks asks Slurm for."""
@@ -61,6 +67,12 @@ class SlurmRequest:
     cpus: int = 1
     gpus: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    signal_delay_s: int = SIGNAL_DELAY_S
+
+    @property
+    def ranks(self) -> int:
+        """Data-parallel ranks of each worker: one per GPU where it asks for more than one."""
+        return max(1, self.gpus)
 
 
 def time_minutes(value: str) -> int:
@@ -89,14 +101,12 @@ def _key_values(items: list[str]) -> dict[str, str]:
 def slurm_request(study, workers: int, flags: dict[str, Any], slurm_items: list[str]) -> SlurmRequest:
     """The study's ``cluster:`` settings, overridden by the flags that were given."""
     c = study.cluster
-    pick = {
-        k: flags.get(k) if flags.get(k) is not None else getattr(c, k)
-        for k in ("partition", "time", "mem", "cpus_per_worker", "gpus_per_worker")
-    }
+    names = ("partition", "time", "mem", "cpus_per_worker", "gpus_per_worker", "signal_delay")
+    pick = {k: flags.get(k) if flags.get(k) is not None else getattr(c, k) for k in names}
     if workers < 1:
         raise SubmitError("--workers must be >= 1")
-    if (pick["gpus_per_worker"] or 0) > 1:
-        raise SubmitError("--gpus-per-worker > 1 (data-parallel ranks as Slurm tasks) is not supported yet; use 0 or 1")
+    if pick["signal_delay"] is not None and pick["signal_delay"] < 10:
+        raise SubmitError("--signal-delay must be >= 10 seconds")
     return SlurmRequest(
         workers,
         pick["partition"],
@@ -105,6 +115,7 @@ def slurm_request(study, workers: int, flags: dict[str, Any], slurm_items: list[
         pick["cpus_per_worker"] or 1,
         pick["gpus_per_worker"] or 0,
         {**c.slurm, **_key_values(slurm_items)},
+        pick["signal_delay"] or SIGNAL_DELAY_S,
     )
 
 
@@ -132,6 +143,28 @@ def check_request(storage_url: str, tracking_uri: str, local_ok: bool) -> None:
     check_stores(storage_url, tracking_uri, local_ok)
 
 
+#: a limit for a partition without one ("infinite"): a year, in minutes
+NO_LIMIT_MIN = 525_600
+
+
+def partition_minutes(partition: str | None) -> int:
+    """The time limit a job gets on ``partition`` (Slurm's default partition where None) when
+    it asks for none: the partition's default time, else its maximum. submitit must know the
+    limit to tell a time-out from a preemption when the pre-timeout signal comes."""
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%P|%L|%l"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return NO_LIMIT_MIN
+    for line in r.stdout.splitlines():
+        name, _, limits = line.strip().partition("|")
+        if (partition is None and name.endswith("*")) or name.rstrip("*") == partition:
+            for value in limits.split("|"):
+                if value not in ("n/a", "infinite", "UNLIMITED", "") and SLURM_TIME.match(value):
+                    return time_minutes(value)
+            return NO_LIMIT_MIN
+    return NO_LIMIT_MIN  # an unknown partition: Slurm's own refusal follows (preflight)
+
+
 def log_folder(study_name: str) -> Path:
     """Where submitit writes the array's script and each task's log and result
     (``<job>_<task>_0_log.out``)."""
@@ -150,13 +183,14 @@ def executor(req: SlurmRequest, study_name: str):
     path = os.pathsep.join(dict.fromkeys([root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
     params: dict[str, Any] = dict(
         job_name=f"bench-{study_name}",
-        ntasks_per_node=1,
+        ntasks_per_node=req.ranks,
         cpus_per_task=req.cpus,
+        signal_delay_s=req.signal_delay_s,
         setup=[f"export PYTHONPATH={shlex.quote(path)}"],
         stderr_to_stdout=True,
     )
     params.update({k: v for k, v in (("partition", req.partition), ("mem", req.mem)) if v})
-    params["time"] = req.time_min  # None: the partition's default (submitit's own is 5 minutes)
+    params["time"] = req.time_min or partition_minutes(req.partition)
     if req.gpus:
         params["gpus_per_node"] = req.gpus
     ex.update_parameters(**params, additional_parameters=dict(req.extra))
@@ -182,13 +216,15 @@ def preflight(ex, workers: int) -> None:
         raise SubmitError(f"Slurm refused the request: {_one_line(r.stderr + r.stdout)}")
 
 
-def worker_command(study_path: str, storage_url: str, tracking_uri: str, threads: int) -> list[str]:
-    """What each task runs: one ``bench worker`` on the study (the one worker loop)."""
+def worker_command(study_path: str, storage_url: str, tracking_uri: str, threads: int, ranks: int = 1) -> list[str]:
+    """What each task runs: one ``bench worker`` on the study (the one worker loop); with
+    ``ranks`` > 1, one rank of the data-parallel worker :mod:`bench.run.ddp` (each of the job's
+    Slurm tasks runs one)."""
+    entry = ["bench.cli", "worker"] if ranks == 1 else ["bench.run.ddp", "--worker"]
     return [
         sys.executable,
         "-m",
-        "bench.cli",
-        "worker",
+        *entry,
         str(Path(study_path).resolve()),
         "--storage",
         storage_url,
@@ -196,8 +232,59 @@ def worker_command(study_path: str, storage_url: str, tracking_uri: str, threads
         tracking_uri,
         "--threads",
         str(threads),
-        "--quiet",
+        *(["--quiet"] if ranks == 1 else []),
     ]
+
+
+class WorkerTask:
+    """One task of the array: runs the worker command and returns its exit code; a worker
+    that fails (exit code 1 or 2) fails the Slurm task, one stopped by a signal (128 + its
+    number: ``scancel``, a requeue) leaves that to Slurm.
+
+    Checkpointable the submitit way: on Slurm's pre-timeout signal (``--signal=USR2@<delay>``)
+    submitit calls :meth:`checkpoint` in the task's first process; it passes the signal on to the
+    worker (which stops at its epoch's end and queues its trial again, :mod:`bench.signals`),
+    waits up to ``grace_s`` for it (then SIGTERM: it stops at once, its trial queued again from
+    the last epoch's checkpoint), and hands submitit the same task to requeue."""
+
+    def __init__(self, cmd: list[str], cwd: str, grace_s: float):
+        self.cmd, self.cwd, self.grace_s = cmd, cwd, grace_s
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cmd": self.cmd, "cwd": self.cwd, "grace_s": self.grace_s, "_proc": None}
+
+    def __call__(self) -> int:
+        self._proc = subprocess.Popen(self.cmd, cwd=self.cwd)
+        while (code := self._proc.poll()) is None:  # polled, not waited: checkpoint() may wait meanwhile
+            time.sleep(1.0)
+        if 0 < code < 128:  # failed trials or bad input (the worker said which); a signal's end is Slurm's to say
+            raise RuntimeError(f"{' '.join(self.cmd[2:4])} exited with code {code}")
+        return code
+
+    def checkpoint(self, *args, **kwargs):
+        import signal
+
+        from submitit.helpers import DelayedSubmission
+
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR2)  # Slurm may have sent it too: the worker heeds the first
+            if not _ended(proc, self.grace_s):
+                proc.terminate()
+                _ended(proc, 60.0)
+        return DelayedSubmission(WorkerTask(self.cmd, self.cwd, self.grace_s))
+
+
+def _ended(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether ``proc`` ends within ``timeout`` seconds (polled: this runs in a signal handler
+    that may have interrupted a poll of the same process)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def submit(h, ex, req: SlurmRequest, tracking_uri: str) -> dict[str, Any]:
@@ -205,10 +292,11 @@ def submit(h, ex, req: SlurmRequest, tracking_uri: str) -> dict[str, Any]:
     what was recorded (job id, tasks, submitted, log folder)."""
     import submitit
 
-    cmd = worker_command(h.path, h.storage_url, tracking_uri, req.cpus)
+    cmd = worker_command(h.path, h.storage_url, tracking_uri, req.cpus, req.ranks)
+    task = WorkerTask(cmd, os.getcwd(), max(5.0, req.signal_delay_s - GRACE_MARGIN_S))
     try:
         with ex.batch():
-            jobs = [ex.submit(submitit.helpers.CommandFunction(cmd, cwd=os.getcwd())) for _ in range(req.workers)]
+            jobs = [ex.submit(task) for _ in range(req.workers)]
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as e:
         raise SubmitError(f"Slurm refused the array: {_one_line(str(e))}") from None
     job_id = jobs[0].job_id.split("_", 1)[0]

@@ -187,7 +187,8 @@ class ClusterConfig(_Strict):
     time: str | None = None  # a worker's time limit: MINUTES, HH:MM:SS or D-HH:MM:SS
     mem: str | None = None  # per worker, as sbatch --mem (16G)
     cpus_per_worker: int | None = Field(None, ge=1)
-    gpus_per_worker: int | None = Field(None, ge=0)
+    gpus_per_worker: int | None = Field(None, ge=0)  # > 1: that many data-parallel ranks, one Slurm task each
+    signal_delay: int | None = Field(None, ge=10)  # seconds before the time limit of the pre-timeout signal
     slurm: dict[str, str | int] = Field(default_factory=dict)  # more sbatch options: {qos: high, account: lab}
 
     @field_validator("time")

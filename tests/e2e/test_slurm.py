@@ -1,5 +1,7 @@
 """`bench submit` on a real Slurm: the smoke study as a job array on PostgreSQL (Optuna) and a
-SQLite MLflow store (`--local-ok`: one node), a task cancelled mid-trial, and the bad inputs.
+SQLite MLflow store (`--local-ok`: one node), a task cancelled mid-trial, the pre-timeout signal
+(checkpoint, requeue, resume), two ranks per worker (gloo on the CPU; the node lists two GPUs as
+a generic resource, .ci/slurm.sh), and the bad inputs.
 
 Needs a running Slurm (TKP_BENCH_SLURM=1: `.ci/run` starts one with .ci/slurm.sh) and
 TKP_BENCH_PG_URL (.ci/postgres.sh); skipped without them, failed without them in CI (CI=true).
@@ -128,22 +130,15 @@ def _running_with_epochs(name: str, n: int) -> bool:
     return len(running) == n and all(t.user_attrs.get("epoch", 0) >= 1 for t in running)
 
 
-def test_cancelled_task_then_submit_again_finishes_every_trial_once(tmp_path):
-    name = f"slurm_cancel_{uuid.uuid4().hex[:8]}"
-    study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 8}, name=name)
-    job = submit(study, tmp_path, "--workers", 2)
-    deadline = time.time() + 300
-    while not _running_with_epochs(name, 2):
-        assert time.time() < deadline, (
-            f"two trials never ran together: {[(t.number, t.state.name) for t in trials(name)]}"
-        )
+def _wait_running(name: str, n: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not _running_with_epochs(name, n):
+        assert time.time() < deadline, f"{n} trial(s) never ran: {[(t.number, t.state.name) for t in trials(name)]}"
         time.sleep(1)
-    subprocess.run(["scancel", f"{job}_1"], check=True)
-    wait_gone(job)
-    assert any(t.state.name != "COMPLETE" for t in trials(name)), "the cancelled task's trial finished anyway"
 
-    again = submit(study, tmp_path, "--workers", 1)
-    wait_gone(again)
+
+def _finished_once(name: str, tmp_path: Path):
+    """Every job COMPLETE once, one FINISHED run each; returns (runs, parents)."""
     ts = trials(name)
     done = sorted(t.user_attrs["job_key"] for t in ts if t.state.name == "COMPLETE")
     assert done == ["tkp-pcl|seed=0", "vit-pcm|seed=0"], [
@@ -152,10 +147,69 @@ def test_cancelled_task_then_submit_again_finishes_every_trial_once(tmp_path):
     children, parents = child_runs(f"sqlite:///{tmp_path}/mlflow.db", name)
     finished = children[children["status"] == "FINISHED"]
     assert sorted(finished["tags.bench.job_key"]) == done  # nothing twice
-    resumed = finished[finished["tags.bench.slurm_job_id"] == again]
-    assert len(resumed) == 1 and int(resumed["tags.bench.resumed_from_epoch"].iloc[0]) >= 1  # from its checkpoint
-    assert set(children["tags.bench.slurm_job_id"]) == {job, again}
     assert len(parents) == 1 and set(parents["status"]) == {"FINISHED"}
+    return children, finished
+
+
+def test_cancelled_task_s_trial_is_resumed_by_the_other_task(tmp_path):
+    name = f"slurm_cancel_{uuid.uuid4().hex[:8]}"
+    study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 8}, name=name)
+    job = submit(study, tmp_path, "--workers", 2)
+    _wait_running(name, 2)
+    subprocess.run(["scancel", f"{job}_1"], check=True)
+    wait_gone(job)
+
+    children, finished = _finished_once(name, tmp_path)
+    killed = children[children["status"] == "KILLED"]
+    assert list(killed["tags.bench.slurm_array_task_id"]) == ["1"]
+    assert killed["tags.bench.error"].iloc[0] == "interrupted (SIGTERM)"
+    resumed = finished[finished["tags.bench.job_key"] == killed["tags.bench.job_key"].iloc[0]]
+    assert list(resumed["tags.bench.slurm_array_task_id"]) == ["0"]  # the task left took it over
+    assert int(resumed["tags.bench.resumed_from_epoch"].iloc[0]) >= 1  # from its checkpoint
+    again = bench(
+        "submit",
+        study,
+        "--storage",
+        PG_URL,
+        "--tracking-uri",
+        "sqlite:///mlflow.db",
+        "--local-ok",
+        "--workers",
+        1,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0 and "nothing submitted" in again.stdout, again.stdout + again.stderr
+
+
+def test_pre_timeout_signal_checkpoints_requeues_and_resumes(tmp_path):
+    name = f"slurm_requeue_{uuid.uuid4().hex[:8]}"
+    study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 8}, name=name)
+    job = submit(study, tmp_path, "--workers", 1)
+    _wait_running(name, 1)
+    # what Slurm sends `--signal-delay` seconds before the time limit (submitit's own test hook does the same)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_gone(job)
+
+    children, finished = _finished_once(name, tmp_path)
+    killed = children[children["status"] == "KILLED"]
+    assert list(killed["tags.bench.error"]) == ["interrupted (SIGUSR2)"]
+    resumed = finished[finished["tags.bench.job_key"] == killed["tags.bench.job_key"].iloc[0]]
+    assert int(resumed["tags.bench.resumed_from_epoch"].iloc[0]) >= 1  # from its checkpoint
+    assert set(children["tags.bench.slurm_job_id"]) == {job}  # the same job, requeued by submitit
+    log = (tmp_path / ".bench" / name / "slurm" / f"{job}_0_log.out").read_text()
+    assert "stopping at the end of this epoch" in log and "Requeued job" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_two_gpus_per_worker_train_each_trial_as_two_slurm_tasks(tmp_path):
+    name = f"slurm_ddp_{uuid.uuid4().hex[:8]}"
+    study = write_study(tmp_path / "s.yaml", name=name)
+    job = submit(study, tmp_path, "--workers", 1, "--gpus-per-worker", 2)
+    wait_gone(job)
+    children, finished = _finished_once(name, tmp_path)
+    assert len(children) == 2 and set(children["tags.bench.world_size"]) == {"2"}  # one run per trial, 2 ranks
+    log = (tmp_path / ".bench" / name / "slurm" / f"{job}_0_log.out").read_text()
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_bad_inputs_are_one_line_and_submit_nothing(tmp_path):
