@@ -56,11 +56,16 @@ def bench(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> su
     )
 
 
-def submit(study: Path, cwd: Path, *flags) -> str:
-    """``bench submit``; returns the array's job id."""
-    r = bench(
+def run_submit(study: Path, cwd: Path, *flags) -> subprocess.CompletedProcess:
+    """``bench submit`` on the test's stores (PostgreSQL, a local SQLite MLflow store)."""
+    return bench(
         "submit", study, "--storage", PG_URL, "--tracking-uri", "sqlite:///mlflow.db", "--local-ok", *flags, cwd=cwd
     )
+
+
+def submit(study: Path, cwd: Path, *flags) -> str:
+    """``bench submit``; returns the array's job id."""
+    r = run_submit(study, cwd, *flags)
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"submitted Slurm job (\d+)", r.stdout)
     assert m, r.stdout
@@ -108,18 +113,7 @@ def test_array_runs_every_trial_once_and_tags_where(tmp_path):
     row = next(line for line in ls.stdout.splitlines() if f" {job} " in line and name in line)
     assert re.search(rf"{job}\s*│\s*2\s*│\s*0\s*│\s*0\s*│\s*2\s*│", row), row  # tasks, pending, running, ended
 
-    again = bench(
-        "submit",
-        study,
-        "--storage",
-        PG_URL,
-        "--tracking-uri",
-        "sqlite:///mlflow.db",
-        "--local-ok",
-        "--workers",
-        2,
-        cwd=tmp_path,
-    )
+    again = run_submit(study, tmp_path, "--workers", 2)
     assert again.returncode == 0 and "all 2 trials done; nothing submitted" in again.stdout, again.stdout + again.stderr
     arrays = optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(PG_URL)).user_attrs["slurm_arrays"]
     assert [a["job_id"] for a in arrays] == [job]
@@ -166,18 +160,7 @@ def test_cancelled_task_s_trial_is_resumed_by_the_other_task(tmp_path):
     resumed = finished[finished["tags.bench.job_key"] == killed["tags.bench.job_key"].iloc[0]]
     assert list(resumed["tags.bench.slurm_array_task_id"]) == ["0"]  # the task left took it over
     assert int(resumed["tags.bench.resumed_from_epoch"].iloc[0]) >= 1  # from its checkpoint
-    again = bench(
-        "submit",
-        study,
-        "--storage",
-        PG_URL,
-        "--tracking-uri",
-        "sqlite:///mlflow.db",
-        "--local-ok",
-        "--workers",
-        1,
-        cwd=tmp_path,
-    )
+    again = run_submit(study, tmp_path, "--workers", 1)
     assert again.returncode == 0 and "nothing submitted" in again.stdout, again.stdout + again.stderr
 
 
