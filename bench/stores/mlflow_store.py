@@ -82,8 +82,12 @@ SYSTEM_METRICS_INTERVAL_S = 10
 
 
 def system_metrics_on() -> bool:
-    """Whether trial runs log system metrics: yes unless MLflow's own switch says false."""
-    return os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() not in ("false", "0")
+    """Whether trial runs log system metrics: as MLflow's own switch says where it is set, else
+    under Slurm (where a run's node and its load are worth seeing) and not on a workstation."""
+    switch = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower()
+    if switch in ("true", "1", "false", "0"):
+        return switch in ("true", "1")
+    return bool(os.environ.get("SLURM_JOB_ID"))
 
 
 def node_id() -> str:
@@ -378,7 +382,7 @@ class Tracker:
         """MLflow's system metrics for the run while it lasts (CPU, memory, disk, network; GPU
         utilisation and memory where NVIDIA's library finds a GPU), every
         :data:`SYSTEM_METRICS_INTERVAL_S` seconds, named after this node (``system/<node>/...``)
-        so runs of several nodes never mix. Off with ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false``."""
+        so runs of several nodes never mix. Where: :func:`system_metrics_on`."""
         if not system_metrics_on():
             return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor

@@ -24,6 +24,7 @@ def bench(*args, cwd):
 
 def test_smoke_run_logs_everything_and_rerun_adds_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")  # on under Slurm, here when asked
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a smoke trial is shorter than 10 s
     study = write_study(tmp_path / "smoke.yaml")
     assert main(["run", str(study)]) == 0

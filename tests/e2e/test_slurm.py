@@ -56,16 +56,25 @@ def bench(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> su
     )
 
 
-def run_submit(study: Path, cwd: Path, *flags) -> subprocess.CompletedProcess:
+def run_submit(study: Path, cwd: Path, *flags, env: dict | None = None) -> subprocess.CompletedProcess:
     """``bench submit`` on the test's stores (PostgreSQL, a local SQLite MLflow store)."""
     return bench(
-        "submit", study, "--storage", PG_URL, "--tracking-uri", "sqlite:///mlflow.db", "--local-ok", *flags, cwd=cwd
+        "submit",
+        study,
+        "--storage",
+        PG_URL,
+        "--tracking-uri",
+        "sqlite:///mlflow.db",
+        "--local-ok",
+        *flags,
+        cwd=cwd,
+        env=env,
     )
 
 
-def submit(study: Path, cwd: Path, *flags) -> str:
+def submit(study: Path, cwd: Path, *flags, env: dict | None = None) -> str:
     """``bench submit``; returns the array's job id."""
-    r = run_submit(study, cwd, *flags)
+    r = run_submit(study, cwd, *flags, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"submitted Slurm job (\d+)", r.stdout)
     assert m, r.stdout
@@ -95,7 +104,8 @@ def trials(name: str):
 def test_array_runs_every_trial_once_and_tags_where(tmp_path):
     name = f"slurm_{uuid.uuid4().hex[:8]}"
     study = write_study(tmp_path / "s.yaml", name=name)
-    job = submit(study, tmp_path, "--workers", 2)
+    # Slurm passes the submitting shell's environment on: system metrics every second (a smoke trial is short)
+    job = submit(study, tmp_path, "--workers", 2, env={**os.environ, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     wait_gone(job)
 
     ts = trials(name)
@@ -107,6 +117,8 @@ def test_array_runs_every_trial_once_and_tags_where(tmp_path):
     assert set(children["tags.bench.slurm_job_id"]) == {job}
     assert set(children["tags.bench.slurm_array_task_id"]) <= {"0", "1"}
     assert set(children["tags.bench.slurm_node"]) == {socket.gethostname()}
+    # MLflow's system metrics, on under Slurm, named after the node
+    assert children[f"metrics.system/{socket.gethostname()}/cpu_utilization_percentage"].notna().all()
 
     ls = bench("ls", "--storage", PG_URL, cwd=tmp_path, env={**os.environ, "COLUMNS": "250"})
     assert ls.returncode == 0, ls.stderr
