@@ -27,6 +27,7 @@ from ..records import ROLE_STUDY, ROLE_TRIAL, Tag
 from ..signals import Interrupted, stop_requested
 from .errors import TrackingStoreError
 from .file_lock import file_lock
+from .system_metrics import start_monitor
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
@@ -74,25 +75,6 @@ def _root_cause(e: BaseException, outside: BaseException | None = None) -> BaseE
             return e
         seen.add(id(inner))
         e = inner
-
-
-#: seconds between two samples of a run's system metrics (MLflow's default; its variable
-#: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it)
-SYSTEM_METRICS_INTERVAL_S = 10
-
-
-def system_metrics_on() -> bool:
-    """Whether trial runs log system metrics: as MLflow's own switch says where it is set, else
-    under Slurm (where a run's node and its load are worth seeing) and not on a workstation."""
-    switch = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower()
-    if switch in ("true", "1", "false", "0"):
-        return switch in ("true", "1")
-    return bool(os.environ.get("SLURM_JOB_ID"))
-
-
-def node_id() -> str:
-    """This node's name: Slurm's where a Slurm job runs here, else the host name."""
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def _duplicate_row(e: BaseException) -> bool:
@@ -379,19 +361,8 @@ class Tracker:
         return run.info.run_id
 
     def _watch(self, run_id: str) -> None:
-        """MLflow's system metrics for the run while it lasts (CPU, memory, disk, network; GPU
-        utilisation and memory where NVIDIA's library finds a GPU), every
-        :data:`SYSTEM_METRICS_INTERVAL_S` seconds, named after this node (``system/<node>/...``)
-        so runs of several nodes never mix. Where: :func:`system_metrics_on`."""
-        if not system_metrics_on():
-            return
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(
-            run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, node_id=node_id(), tracking_uri=self.uri
-        )
-        monitor.start()
-        self._monitors[run_id] = monitor
+        if (monitor := start_monitor(run_id, self.uri)) is not None:
+            self._monitors[run_id] = monitor
 
     def _unwatch(self, run_id: str) -> None:
         if (monitor := self._monitors.pop(run_id, None)) is not None:
