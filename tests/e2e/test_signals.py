@@ -19,7 +19,8 @@ from helpers import ROOT, child_runs, wait_for_health, write_study
 
 URI = "sqlite:///mlflow.db"
 RESUME = "run the same command again to resume"
-# small and short: the signal comes at epoch 1, the rerun finishes
+# small and short: the signal comes at epoch 1, the rerun finishes. An epoch of this takes about
+# 0.1 s, so a test that must catch a trial mid-training gives it many epochs.
 SMALL = {"data.n_train": 32, "data.n_val": 16, "base.train.epochs": 3, "base.segment.enabled": False}
 
 
@@ -169,7 +170,7 @@ def test_sigterm_to_bench_run_closes_the_trial_and_the_rerun_resumes_it(tmp_path
 def test_pre_timeout_signal_stops_at_the_epoch_s_end_and_the_rerun_resumes_there(tmp_path, monkeypatch):
     """SIGUSR2 (what ``bench submit`` asks Slurm to send before the time limit): the epoch under
     way finishes and is checkpointed, then the trial is closed and queued again."""
-    study = write_study(tmp_path / "s.yaml", {**SMALL, "base.train.epochs": 20}, variants={"tkp-pcl": {}})
+    study = write_study(tmp_path / "s.yaml", {**SMALL, "base.train.epochs": 60}, variants={"tkp-pcl": {}})
     proc = start_bench("run", str(study), cwd=tmp_path)
     wait_running(proc, tmp_path)
     running = running_trials(tmp_path)
@@ -198,7 +199,9 @@ def test_signals_to_bench_run_with_two_workers_stop_the_workers_once(tmp_path, m
     """SIGTERM to the parent (a scheduler), then Ctrl-C to the terminal's process group, then
     ``kill -9`` of the parent: the workers stop every time, their trials are closed, and the
     same command then finishes the study with each trial done once."""
-    study = write_study(tmp_path / "s.yaml", {**SMALL, "base.train.epochs": 20})  # a resumed trial needs epochs left
+    # each rerun resumes both trials, and both must still be training when the next signal comes:
+    # the faster variant gets ~10 epochs ahead per run
+    study = write_study(tmp_path / "s.yaml", {**SMALL, "base.train.epochs": 120})
     cases = ((signal.SIGTERM, False, 143), (signal.SIGINT, True, 130), (signal.SIGKILL, False, -9))
     for k, (sig, group, code) in enumerate(cases, 1):
         # its own session, like a shell's job: killpg is what the terminal does on Ctrl-C
