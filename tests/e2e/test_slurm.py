@@ -159,7 +159,7 @@ def _finished_once(name: str, tmp_path: Path):
 
 def test_cancelled_task_s_trial_is_resumed_by_the_other_task(tmp_path):
     name = f"slurm_cancel_{uuid.uuid4().hex[:8]}"
-    study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 8}, name=name)
+    study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 40}, name=name)
     job = submit(study, tmp_path, "--workers", 2)
     _wait_running(name, 2)
     subprocess.run(["scancel", f"{job}_1"], check=True)
@@ -178,7 +178,7 @@ def test_cancelled_task_s_trial_is_resumed_by_the_other_task(tmp_path):
 
 def test_pre_timeout_signal_checkpoints_requeues_and_resumes(tmp_path):
     name = f"slurm_requeue_{uuid.uuid4().hex[:8]}"
-    study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 8}, name=name)
+    study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 40}, name=name)
     job = submit(study, tmp_path, "--workers", 1)
     _wait_running(name, 1)
     # what Slurm sends `--signal-delay` seconds before the time limit (submitit's own test hook does the same)
