@@ -312,8 +312,8 @@ def cmd_worker(args) -> int:
     try:
         queue.check_lost_results(h)
         produced = work(h) if args.quiet else run_in_process(h)
-        # trials neither done nor run by another worker: failed here, or closed as dead (a killed
-        # `bench run`'s); a worker never retries them (a failing job would loop), `bench run` does
+        # trials neither done nor run by another worker: failed (a worker never retries those: a
+        # failing job would loop), or dead past queue.DEAD_RETRIES; `bench run` retries them
         not_done = queue.total(h) - queue.done(h) - len(h.trials(states=queue.states(("RUNNING",))))
     except StoreError as e:
         return _store_failed(e)

@@ -38,6 +38,7 @@ class Attr:
     WORKER_HOST = "worker_host"
     WORKER_PID = "worker_pid"
     WORKER_START = "worker_start"  # the pid's start time: written last
+    WORKER_DEATHS = "worker_deaths"  # how often a worker died running this job (a queued copy counts on)
 
 
 class StudyAttr:

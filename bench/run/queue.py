@@ -9,6 +9,7 @@ once, under the study's lock.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,15 +71,29 @@ def confirmation_todo(study, trials: Sequence[Any], retry_failed: bool = False) 
     return [j for j in jobs if j.key not in live]
 
 
+#: how often a job whose worker died under it (killed, out of memory, node lost) is queued again by
+#: the workers that are left; past that, only a new ``bench run`` / ``bench submit`` retries it, so a
+#: job that kills every worker that takes it cannot take the whole array down
+DEAD_RETRIES = 2
+
+
 def close_dead_trials(h, own: bool = False) -> int:
     """Fail the RUNNING trials of dead workers in Optuna and their runs in MLflow (with ``own``,
-    also the trials this process claimed: it calls so when it runs none)."""
+    also the trials this process claimed: it calls so when it runs none), and queue each job
+    again (:data:`DEAD_RETRIES` times at most), to be resumed from its checkpoint."""
     dead = fail_dead_trials(h.optuna_study, h.storage, own=own)
     for t in dead:
         run_id = t.user_attrs.get(Attr.MLFLOW_RUN_ID)
         if run_id and h.tracker.run_status(run_id) == "RUNNING":
             h.tracker.set_tags(run_id, {Tag.STATE: "FAIL", Tag.ERROR: "worker died"})
             h.tracker.end(run_id, "FAILED")
+        deaths = t.user_attrs.get(Attr.WORKER_DEATHS, 0) + 1
+        again = deaths <= DEAD_RETRIES and requeue(h, t.number, deaths=deaths)
+        print(
+            f"bench: trial {t.number}: its worker died; "
+            + (f"queued again (retry {deaths} of {DEAD_RETRIES})" if again else "not queued again"),
+            file=sys.stderr,
+        )
     return len(dead)
 
 
@@ -124,18 +139,21 @@ def prepare(h) -> dict[str, int]:
     return {"dead": dead, "queued": queued}
 
 
-def requeue(h, number: int) -> bool:
+def requeue(h, number: int, deaths: int | None = None) -> bool:
     """Queue the job of trial ``number`` (interrupted: a signal, a scheduler's pre-timeout or
-    preemption) again, as a copy with its stored job attributes (a search trial's parameters
-    fixed), so any worker of the study resumes it from the job's checkpoint. Once: under the
-    study's lock, and not while a live trial holds the job's key. Returns whether it queued."""
+    preemption; or its worker died) again, as a copy with its stored job attributes (a search
+    trial's parameters fixed) and its count of worker deaths (``deaths`` when given), so any
+    worker of the study resumes it from the job's checkpoint. Once: under the study's lock, and
+    not while a live trial holds the job's key. Returns whether it queued."""
     with study_lock(h.storage_url, h.study.name):
         trials = h.trials()
         old = next((t for t in trials if t.number == number), None)
         key = old.user_attrs.get(Attr.JOB_KEY) if old is not None else None
         if key is None or any(t.user_attrs.get(Attr.JOB_KEY) == key and t.state.name in LIVE for t in trials):
             return False
-        attrs = {k: v for k, v in old.user_attrs.items() if k in JOB_ATTRS}
+        attrs = {k: v for k, v in old.user_attrs.items() if k in (*JOB_ATTRS, Attr.WORKER_DEATHS)}
+        if deaths is not None:
+            attrs[Attr.WORKER_DEATHS] = deaths
         h.optuna_study.enqueue_trial(params=old.params, user_attrs=attrs, skip_if_exists=False)
     return True
 

@@ -1,7 +1,7 @@
 """`bench submit` on a real Slurm: the smoke study as a job array on PostgreSQL (Optuna) and a
 SQLite MLflow store (`--local-ok`: one node), a task cancelled mid-trial, the pre-timeout signal
 (checkpoint, requeue, resume), two ranks per worker (gloo on the CPU; the node lists two GPUs as
-a generic resource, .ci/slurm.sh), and the bad inputs.
+a generic resource, .ci/slurm.sh), a worker killed outright, and the bad inputs.
 
 Needs a running Slurm (TKP_BENCH_SLURM=1: `.ci/run` starts one with .ci/slurm.sh) and
 TKP_BENCH_PG_URL (.ci/postgres.sh); skipped without them, failed without them in CI (CI=true).
@@ -10,6 +10,7 @@ TKP_BENCH_PG_URL (.ci/postgres.sh); skipped without them, failed without them in
 import fcntl
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -174,6 +175,27 @@ def test_cancelled_task_s_trial_is_resumed_by_the_other_task(tmp_path):
     assert int(resumed["tags.bench.resumed_from_epoch"].iloc[0]) >= 1  # from its checkpoint
     again = run_submit(study, tmp_path, "--workers", 1)
     assert again.returncode == 0 and "nothing submitted" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_worker_killed_outright_has_its_trial_retried_by_the_other_task(tmp_path):
+    """``kill -9`` of one task's worker (what a lost node or the kernel's OOM killer does: no
+    signal handler runs): the other task closes its trial and resumes the job from its checkpoint."""
+    name = f"slurm_kill_{uuid.uuid4().hex[:8]}"
+    study = write_study(tmp_path / "s.yaml", {"base.train.epochs": 40}, name=name)
+    job = submit(study, tmp_path, "--workers", 2)
+    _wait_running(name, 2)
+    victim = next(t for t in trials(name) if t.state.name == "RUNNING")
+    os.kill(int(victim.user_attrs["worker_pid"]), signal.SIGKILL)
+    wait_gone(job)
+
+    children, finished = _finished_once(name, tmp_path)
+    dead = children[children["status"] == "FAILED"]
+    assert list(dead["tags.bench.error"]) == ["worker died"] and list(dead["tags.bench.trial"]) == [str(victim.number)]
+    retried = finished[finished["tags.bench.job_key"] == victim.user_attrs["job_key"]]
+    assert int(retried["tags.bench.resumed_from_epoch"].iloc[0]) >= 1  # from its checkpoint
+    assert retried["tags.bench.slurm_array_task_id"].iloc[0] != dead["tags.bench.slurm_array_task_id"].iloc[0]
+    logs = "".join(p.read_text() for p in (tmp_path / ".bench" / name / "slurm").glob(f"{job}_*_log.out"))
+    assert f"bench: trial {victim.number}: its worker died; queued again (retry 1 of 2)" in logs, logs[-3000:]
 
 
 def test_pre_timeout_signal_checkpoints_requeues_and_resumes(tmp_path):

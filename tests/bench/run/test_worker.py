@@ -39,7 +39,7 @@ def mlflow_db(tmp_path_factory):
 
 
 def handle(tmp_path, mlflow_db, **top) -> StudyHandle:
-    study = load_study(write_study(tmp_path / "s.yaml", seeds=[0, 1], name=tmp_path.name, **top))
+    study = load_study(write_study(tmp_path / "s.yaml", name=tmp_path.name, **{"seeds": [0, 1], **top}))
     url = f"journal:{tmp_path}/optuna.journal"
     storage = open_storage(url)
     st = optuna.create_study(
@@ -71,23 +71,42 @@ def test_work_runs_each_enqueued_job_once_and_returns_the_states(tmp_path, mlflo
     assert queue.done(h) == queue.total(h) == 4 and worker.work(h) == {}
 
 
-def test_work_closes_a_dead_workers_trial_and_its_run(tmp_path, mlflow_db, instant_trials):
+def _claimed_by_a_dead_worker(h, run_id: str | None = None) -> optuna.Trial:
+    """The next queued job, claimed by a worker process that is gone (a pid that cannot exist)."""
+    trial = queue.next_trial(h)
+    attrs = {Attr.WORKER_HOST: socket.gethostname(), Attr.WORKER_PID: str(2**22 + os.getpid()), Attr.WORKER_START: "1"}
+    for k, v in {**attrs, **({Attr.MLFLOW_RUN_ID: run_id} if run_id else {})}.items():
+        trial.set_user_attr(k, v)
+    return trial
+
+
+def test_work_closes_a_dead_workers_trial_and_its_run_and_runs_the_job_again(tmp_path, mlflow_db, instant_trials):
     h = handle(tmp_path, mlflow_db)
     queue.prepare(h)
-    trial = queue.next_trial(h)  # claimed by a worker that then dies
-    run_id = h.tracker.start_trial(h.tracker.open(), "dead", {}, {})
-    for k, v in {
-        Attr.WORKER_HOST: socket.gethostname(),
-        Attr.WORKER_PID: str(2**22 + os.getpid()),
-        Attr.WORKER_START: "1",
-        Attr.MLFLOW_RUN_ID: run_id,
-    }.items():
-        trial.set_user_attr(k, v)
-    assert worker.work(h) == {"COMPLETE": 3}
+    trial = _claimed_by_a_dead_worker(h, h.tracker.start_trial(h.tracker.open(), "dead", {}, {}))
+    run_id = trial.user_attrs[Attr.MLFLOW_RUN_ID]
+    assert worker.work(h) == {"COMPLETE": 4}  # the survivor queued the job again and ran it
     assert h.optuna_study.trials[trial.number].state == TrialState.FAIL
     run = h.tracker.client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["bench.error"] == "worker died"
-    assert queue.prepare(h)["queued"] == 1 and worker.work(h) == {"COMPLETE": 1}  # the next bench run retries it
+    assert sorted(instant_trials) == sorted(j.key for j in h.study._jobs)  # each job once
+    assert queue.prepare(h)["queued"] == 0
+
+
+def test_a_job_that_kills_its_workers_is_queued_again_only_so_often(tmp_path, mlflow_db, instant_trials, capsys):
+    h = handle(tmp_path, mlflow_db, seeds=[0], variants={"tkp-pcl": {}})  # one job
+    queue.prepare(h)
+    key = None
+    for deaths in range(1, queue.DEAD_RETRIES + 2):
+        trial = _claimed_by_a_dead_worker(h)
+        assert key in (None, trial.user_attrs[Attr.JOB_KEY])  # the same job each time
+        key = trial.user_attrs[Attr.JOB_KEY]
+        assert trial.user_attrs.get(Attr.WORKER_DEATHS, 0) == deaths - 1
+        assert queue.close_dead_trials(h) == 1
+    assert "not queued again" in capsys.readouterr().err
+    assert worker.work(h) == {}  # left failed: nothing to run
+    assert [t.state.name for t in h.optuna_study.trials if t.user_attrs[Attr.JOB_KEY] == key] == ["FAIL"] * 3
+    assert queue.prepare(h)["queued"] == 1  # the next bench run retries it, counting afresh
 
 
 def _search_trial(h, number: int, state: TrialState, value: float | None = None) -> None:
