@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from ..records import StudyAttr
 from ..study import StudyError
 from ..study.schema import SLURM_TIME
 from ..study.urls import scheme
+from .command import worker_command
 
 #: the Slurm states of a task that has not started, and of one that runs (``squeue -o %T``)
 PENDING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED")
@@ -214,26 +214,6 @@ def preflight(ex, workers: int) -> None:
     r = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         raise SubmitError(f"Slurm refused the request: {_one_line(r.stderr + r.stdout)}")
-
-
-def worker_command(study_path: str, storage_url: str, tracking_uri: str, threads: int, ranks: int = 1) -> list[str]:
-    """What each task runs: one ``bench worker`` on the study (the one worker loop); with
-    ``ranks`` > 1, one rank of the data-parallel worker :mod:`bench.run.ddp` (each of the job's
-    Slurm tasks runs one)."""
-    entry = ["bench.cli", "worker"] if ranks == 1 else ["bench.run.ddp", "--worker"]
-    return [
-        sys.executable,
-        "-m",
-        *entry,
-        str(Path(study_path).resolve()),
-        "--storage",
-        storage_url,
-        "--tracking-uri",
-        tracking_uri,
-        "--threads",
-        str(threads),
-        *(["--quiet"] if ranks == 1 else []),
-    ]
 
 
 class WorkerTask:

@@ -26,6 +26,7 @@ from ..records import Attr, trials_tag
 from ..signals import child_env, raise_if_stopping, signum_of, stop_processes
 from ..stores import heartbeat
 from . import queue
+from .command import worker_command
 from .trial import TrialContext, run_trial
 
 
@@ -112,23 +113,9 @@ def _spawn(h, study_path: str, tracking_uri: str, n: int) -> list[subprocess.Pop
     """``n`` ``bench worker`` processes, each in its own session (a terminal's Ctrl-C reaches
     only this process, which passes it on once) and tied to this process (SIGTERM if it dies,
     even by ``kill -9``)."""
-    threads = max(1, (os.cpu_count() or 1) // n)
+    cmd = worker_command(study_path, h.storage_url, tracking_uri, max(1, (os.cpu_count() or 1) // n))
     procs = []
     for i in range(n):
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.cli",
-            "worker",
-            study_path,
-            "--storage",
-            h.storage_url,
-            "--tracking-uri",
-            tracking_uri,
-            "--threads",
-            str(threads),
-            "--quiet",
-        ]
         with open(h.workdir / f"worker-{i}.log", "w") as log, signals_held():
             procs.append(
                 subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env())

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 from helpers import write_study
 
+from bench.run.command import worker_command
 from bench.run.slurm import (
     SubmitError,
     array_counts,
@@ -14,7 +15,6 @@ from bench.run.slurm import (
     executor,
     slurm_request,
     time_minutes,
-    worker_command,
 )
 from bench.study import load_study
 
