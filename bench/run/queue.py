@@ -88,12 +88,13 @@ def close_dead_trials(h, own: bool = False) -> int:
             h.tracker.set_tags(run_id, {Tag.STATE: "FAIL", Tag.ERROR: "worker died"})
             h.tracker.end(run_id, "FAILED")
         deaths = t.user_attrs.get(Attr.WORKER_DEATHS, 0) + 1
-        again = deaths <= DEAD_RETRIES and requeue(h, t.number, deaths=deaths)
-        print(
-            f"bench: trial {t.number}: its worker died; "
-            + (f"queued again (retry {deaths} of {DEAD_RETRIES})" if again else "not queued again"),
-            file=sys.stderr,
-        )
+        if deaths > DEAD_RETRIES:
+            what = f"left failed ({deaths} workers died on its job; the next `bench run` retries it)"
+        elif requeue(h, t.number, deaths=deaths):
+            what = f"queued again (retry {deaths} of {DEAD_RETRIES})"
+        else:
+            what = "not queued again (its job is queued or running already)"
+        print(f"bench: trial {t.number}: its worker died; {what}", file=sys.stderr)
     return len(dead)
 
 
