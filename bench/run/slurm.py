@@ -1,6 +1,6 @@
 """The Slurm launcher: ``bench submit`` runs a study's workers as one Slurm job array.
 
-The sequence (:func:`bench.cli.cmd_submit`): :func:`slurm_request` merges the study's
+The sequence (:func:`bench.cli.running.cmd_submit`): :func:`slurm_request` merges the study's
 ``cluster:`` section with the flags and :func:`check_request` refuses what cannot work (no
 ``sbatch``, a store file that other nodes cannot share safely, zero workers) before anything is
 opened; :func:`preflight` asks Slurm itself (``sbatch --test-only``, the same settings) so an
